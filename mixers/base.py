@@ -1,0 +1,299 @@
+"""Core abstractions of the mixing methods: the domain space, method configs and mixer interfaces.
+
+Pure: numpy and pydantic only. The service keeps all state; a mixer gets what it needs on every
+call (like an Optuna sampler, which is handed the study's trials instead of remembering them).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mixopt.errors import ErrorItem, InvalidInput, InvalidMixture
+
+__all__ = [
+    "SUM_TOLERANCE",
+    "DomainSpace",
+    "MethodConfig",
+    "Mixer",
+    "Observation",
+    "OfflineMixer",
+    "Proposal",
+]
+
+SUM_TOLERANCE = 1e-6
+"""Weights must sum to 1 within this (the contract's rule)."""
+
+FloatArray = NDArray[np.float64]
+Mode = Literal["offline", "online"]
+
+
+@dataclass(frozen=True, eq=False)
+class DomainSpace:
+    """The experiment's domains in one canonical order, with prior and bounds.
+
+    ``upper`` is the effective upper bound: the declared ``max_weight`` tightened by the repetition
+    cap ``max_epochs * tokens / train_tokens`` where the experiment gives both.
+    """
+
+    names: tuple[str, ...]
+    prior: FloatArray
+    tokens: tuple[float | None, ...]
+    lower: FloatArray
+    upper: FloatArray
+    declared_upper: FloatArray
+
+    @classmethod
+    def from_domains(
+        cls,
+        domains: Sequence[Mapping[str, Any]],
+        *,
+        train_tokens: float | None = None,
+        max_epochs: float | None = None,
+        loc: tuple[str | int, ...] = ("domains",),
+    ) -> DomainSpace:
+        """Build and check a space; infeasible bounds raise ``InvalidInput`` naming the field."""
+        names = tuple(str(d["name"]) for d in domains)
+        tokens = tuple(None if d.get("tokens") is None else float(d["tokens"]) for d in domains)
+        priors = [d.get("prior") for d in domains]
+        lower = np.array([float(d.get("min_weight", 0.0)) for d in domains])
+        declared = np.array([float(d.get("max_weight", 1.0)) for d in domains])
+        k = len(names)
+
+        given = [p is not None for p in priors]
+        if all(given):
+            raw = np.array([float(p) for p in priors if p is not None])
+        elif any(given):
+            missing = [i for i, g in enumerate(given) if not g]
+            raise InvalidInput(
+                "give a prior for every domain or for none",
+                [
+                    ErrorItem((*loc, i, "prior"), "prior missing while others are given")
+                    for i in missing
+                ],
+            )
+        elif all(t is not None for t in tokens):
+            raw = np.array([float(t) for t in tokens if t is not None])
+        else:
+            raw = np.ones(k)
+        prior = raw / raw.sum()
+
+        upper = declared.copy()
+        if train_tokens is not None and max_epochs is not None:
+            for i, t in enumerate(tokens):
+                if t is not None:
+                    upper[i] = min(upper[i], max_epochs * t / train_tokens)
+
+        errors = [
+            ErrorItem(
+                (*loc, i, "min_weight"),
+                f"min_weight {lower[i]:g} exceeds the repetition cap {upper[i]:.6g} "
+                f"(max_epochs x tokens / train_tokens)",
+            )
+            for i in range(k)
+            if lower[i] > upper[i] + 1e-12
+        ]
+        if errors:
+            raise InvalidInput("bounds are infeasible", errors)
+        if lower.sum() > 1 + 1e-9:
+            raise InvalidInput.at(
+                loc, f"bounds are infeasible: the min_weights sum to {lower.sum():.6g} > 1"
+            )
+        if upper.sum() < 1 - 1e-9:
+            raise InvalidInput.at(
+                loc,
+                f"bounds are infeasible: the upper bounds (max_weight and repetition caps) "
+                f"sum to {upper.sum():.6g} < 1",
+            )
+        return cls(names, prior, tokens, lower, upper, declared)
+
+    @property
+    def k(self) -> int:
+        return len(self.names)
+
+    def to_dict(self, weights: FloatArray) -> dict[str, float]:
+        return {name: float(w) for name, w in zip(self.names, weights, strict=True)}
+
+    def to_array(self, weights: Mapping[str, float]) -> FloatArray:
+        return np.array([float(weights[name]) for name in self.names])
+
+    def validate_weights(
+        self,
+        weights: Mapping[str, float],
+        *,
+        loc: tuple[str | int, ...] = ("weights",),
+        enforce_bounds: bool = False,
+    ) -> FloatArray:
+        """Check that ``weights`` is a mixture over exactly these domains; return it as an array.
+
+        The API never renormalises: a sum off by more than ``SUM_TOLERANCE`` is an error.
+        """
+        errors: list[ErrorItem] = []
+        known = set(self.names)
+        for key in weights:
+            if key not in known:
+                errors.append(ErrorItem((*loc, key), f"unknown domain {key!r}"))
+        missing = [name for name in self.names if name not in weights]
+        if missing:
+            errors.append(ErrorItem(loc, f"missing domains: {', '.join(missing)}"))
+        for key, value in weights.items():
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                errors.append(ErrorItem((*loc, key), "weight must be a finite number"))
+            elif value < 0:
+                errors.append(ErrorItem((*loc, key), "weight must be >= 0"))
+        if errors:
+            raise InvalidMixture("weights are not a mixture over the experiment's domains", errors)
+        array = self.to_array(weights)
+        total = float(array.sum())
+        if abs(total - 1.0) > SUM_TOLERANCE:
+            raise InvalidMixture.at(
+                loc, f"weights sum to {total:.9g}, not 1 (tolerance {SUM_TOLERANCE:g})"
+            )
+        if enforce_bounds:
+            bad = [
+                ErrorItem((*loc, name), f"outside [{lo:g}, {hi:.6g}]")
+                for name, w, lo, hi in zip(self.names, array, self.lower, self.upper, strict=True)
+                if w < lo - SUM_TOLERANCE or w > hi + SUM_TOLERANCE
+            ]
+            if bad:
+                raise InvalidMixture("weights break the experiment's bounds", bad)
+        return array
+
+    def contains(self, weights: FloatArray, tol: float = SUM_TOLERANCE) -> NDArray[np.bool_]:
+        """Row-wise: is each mixture on the simplex and within the bounds?"""
+        w = np.atleast_2d(weights)
+        inside: NDArray[np.bool_] = (
+            (np.abs(w.sum(axis=1) - 1) <= tol)
+            & np.all(w >= self.lower - tol, axis=1)
+            & np.all(w <= self.upper + tol, axis=1)
+        )
+        return inside
+
+    def project(self, points: FloatArray) -> FloatArray:
+        """Map non-negative points (rows) onto the bounded simplex.
+
+        First by scaling, ``clip(g * v, lower, upper)`` with ``g`` found by bisection: it keeps
+        zero weights at zero, so sparse Dirichlet samples stay sparse. Where the support of a row
+        cannot reach 1 within the bounds, by the Euclidean projection ``clip(v - tau, ...)``.
+        """
+        v = np.clip(np.atleast_2d(np.asarray(points, dtype=float)), 0.0, None)
+        lo, hi = self.lower, self.upper
+
+        def bisect(make: Any, low: FloatArray, high: FloatArray) -> FloatArray:
+            for _ in range(100):
+                mid = (low + high) / 2
+                too_big = make(mid).sum(axis=1) > 1
+                high = np.where(too_big, mid, high)
+                low = np.where(too_big, low, mid)
+            return make((low + high) / 2)  # type: ignore[no-any-return]
+
+        reachable = np.where(v > 0, hi, lo).sum(axis=1) >= 1 - 1e-12
+        out = np.empty_like(v)
+        if reachable.any():
+            vr = v[reachable]
+            # At g = max(upper / v) every positive weight sits at its upper bound: sum >= 1.
+            ratio = np.divide(hi, vr, out=np.zeros_like(vr), where=vr > 0)
+            out[reachable] = bisect(
+                lambda g: np.clip(vr * g[:, None], lo, hi), np.zeros(len(vr)), ratio.max(axis=1)
+            )
+        if (~reachable).any():
+            vu = v[~reachable]
+            span = np.abs(vu).max(axis=1) + 2.0
+            out[~reachable] = bisect(lambda t: np.clip(vu - t[:, None], lo, hi), -span, span)
+        # Bisection leaves an error near machine precision; absorb it where there is room.
+        residual = 1.0 - out.sum(axis=1)
+        room = np.where(residual[:, None] > 0, hi - out, out - lo)
+        share = room / np.maximum(room.sum(axis=1, keepdims=True), 1e-300)
+        return np.clip(out + residual[:, None] * share, lo, hi)  # type: ignore[no-any-return]
+
+
+class MethodConfig(BaseModel):
+    """The config keys every method shares; each method adds its own options.
+
+    Unknown keys are refused (422), so a typo never silently falls back to a default.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int | None = Field(
+        default=None,
+        description="seed of every random choice; chosen and stored at creation when omitted",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=100, description="attempts of a run before it ends as failed"
+    )
+    train_tokens: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="planned tokens of the target run"
+    )
+    max_epochs: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="repetition cap: a domain's weight <= max_epochs x tokens / train_tokens",
+    )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A run as the mixers see it: the mixture, its parameters and its objective (if finished)."""
+
+    weights: FloatArray
+    params: Mapping[str, Any] = field(default_factory=dict)
+    objective: float | None = None
+    status: str = "completed"
+    excluded: bool = False
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A mixture a method wants trained."""
+
+    weights: FloatArray
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Mixer(ABC):
+    """What every registered method has: a name, a mode, a description and a typed config."""
+
+    name: ClassVar[str]
+    mode: ClassVar[Mode]
+    description: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def parse_config(cls, raw: Mapping[str, Any]) -> MethodConfig:
+        """Validate a config dict; errors are located under ``config``."""
+        try:
+            return cls.Config.model_validate(dict(raw))
+        except ValidationError as exc:
+            raise InvalidInput(
+                f"invalid config for method {cls.name!r}",
+                [ErrorItem(("config", *e["loc"]), e["msg"]) for e in exc.errors()],
+            ) from exc
+
+    def check_space(self, space: DomainSpace) -> None:  # noqa: B027 - optional hook
+        """Checks that need the domains too (e.g. fixed weights); raise ``InvalidInput``."""
+
+
+class OfflineMixer(Mixer):
+    mode: ClassVar[Mode] = "offline"
+
+    @abstractmethod
+    def propose(
+        self,
+        space: DomainSpace,
+        history: Sequence[Observation],
+        count: int,
+        rng: np.random.Generator,
+    ) -> list[Proposal]:
+        """Design ``count`` new mixtures given every run of the experiment so far."""

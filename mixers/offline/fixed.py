@@ -1,0 +1,45 @@
+"""``fixed``: every proposal is the one mixture the user gives (replicates of a baseline)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from mixers.base import DomainSpace, MethodConfig, Observation, OfflineMixer, Proposal
+from mixers.registry import register
+
+__all__ = ["FixedConfig", "FixedMixer"]
+
+
+class FixedConfig(MethodConfig):
+    weights: dict[str, float] = Field(
+        description="the mixture, domain -> weight, summing to 1 and within the bounds"
+    )
+
+
+@register
+class FixedMixer(OfflineMixer):
+    name: ClassVar[str] = "fixed"
+    description: ClassVar[str] = (
+        "Train one given mixture: every proposal is a replicate of config.weights. Use it for "
+        "a baseline, or to measure run-to-run noise."
+    )
+    Config: ClassVar[type[MethodConfig]] = FixedConfig
+
+    def check_space(self, space: DomainSpace) -> None:
+        assert isinstance(self.config, FixedConfig)
+        space.validate_weights(self.config.weights, loc=("config", "weights"), enforce_bounds=True)
+
+    def propose(
+        self,
+        space: DomainSpace,
+        history: Sequence[Observation],
+        count: int,
+        rng: np.random.Generator,
+    ) -> list[Proposal]:
+        assert isinstance(self.config, FixedConfig)
+        weights = space.to_array(self.config.weights)
+        return [Proposal(weights.copy()) for _ in range(count)]

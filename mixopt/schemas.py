@@ -1,0 +1,342 @@
+"""Wire schemas of the HTTP contract (``API.md``), shared by the service and the client.
+
+Request bodies forbid unknown fields (the contract answers them with 422); response models allow
+extra fields so that an older client keeps working against a newer server that adds some.
+This module needs only pydantic: trainers import it through ``mixopt.client``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "NAME_PATTERN",
+    "ClaimRequest",
+    "CompleteRequest",
+    "Domain",
+    "DomainSpec",
+    "ExcludeRequest",
+    "Experiment",
+    "ExperimentCreate",
+    "FailRequest",
+    "HeartbeatRequest",
+    "MethodInfo",
+    "MetricPoint",
+    "MetricsAccepted",
+    "MetricsBatch",
+    "Objective",
+    "Page",
+    "Problem",
+    "ProblemError",
+    "ProposalRequest",
+    "ReleaseRequest",
+    "Run",
+    "RunCounts",
+    "RunImport",
+    "RunList",
+    "Scope",
+    "StoredPoint",
+    "Token",
+    "TokenCreate",
+    "TokenCreated",
+]
+
+NAME_PATTERN = r"^[A-Za-z0-9_.:/-]{1,128}$"
+MAX_STEP = 2**62
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+RequestId = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+Metrics = dict[Name, FiniteFloat]
+Tags = dict[Name, Annotated[str, StringConstraints(max_length=1024)]]
+Scope = Literal["read", "write", "admin"]
+Mode = Literal["offline", "online"]
+RunStatus = Literal["pending", "running", "completed", "failed"]
+
+
+class _Body(BaseModel):
+    """A request body: unknown fields are a client error, not something to drop silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Reply(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def check_json_finite(value: Any, path: str = "") -> None:
+    """Reject NaN and infinities anywhere in free-form JSON (``params``): JSON has no such numbers
+    and Postgres refuses to store them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"non-finite number at {path or 'top level'}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_json_finite(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_json_finite(item, f"{path}[{index}]")
+
+
+# --- experiments -------------------------------------------------------------------------------
+
+
+class DomainSpec(_Body):
+    """A data domain as the user declares it."""
+
+    name: Name
+    prior: PositiveFloat | None = Field(
+        default=None, description="relative share; defaults to the token share, else uniform"
+    )
+    tokens: PositiveFloat | None = Field(default=None, description="tokens available")
+    min_weight: Fraction = 0.0
+    max_weight: Fraction = 1.0
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> DomainSpec:
+        if self.min_weight > self.max_weight:
+            raise ValueError("min_weight must not exceed max_weight")
+        return self
+
+
+class Domain(_Reply):
+    """A domain as stored: ``prior`` is normalised over the experiment's domains."""
+
+    name: str
+    prior: float
+    tokens: float | None = None
+    min_weight: float = 0.0
+    max_weight: float = 1.0
+
+
+class Objective(_Body):
+    metrics: dict[Name, FiniteFloat] = Field(
+        min_length=1, description="the objective is this weighted sum of the runs' metrics"
+    )
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+
+class ExperimentCreate(_Body):
+    name: Name
+    mode: Mode = "offline"
+    method: Name
+    domains: list[DomainSpec] = Field(min_length=2, max_length=1024)
+    objective: Objective | None = Field(
+        default=None,
+        description="required offline; online it defaults to {'eval_loss/mean': 1}",
+    )
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("domains")
+    @classmethod
+    def _unique_domain_names(cls, domains: list[DomainSpec]) -> list[DomainSpec]:
+        seen: set[str] = set()
+        for domain in domains:
+            if domain.name in seen:
+                raise ValueError(f"domain {domain.name!r} is declared twice")
+            seen.add(domain.name)
+        return domains
+
+    @field_validator("config")
+    @classmethod
+    def _finite_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        check_json_finite(config)
+        return config
+
+
+class RunCounts(_Reply):
+    pending: int = 0
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    excluded: int = 0
+
+
+class Experiment(_Reply):
+    id: str
+    name: str
+    mode: Mode
+    method: str
+    domains: list[Domain]
+    objective: Objective
+    config: dict[str, Any]
+    status: Literal["active", "archived"]
+    created_at: datetime
+    counts: RunCounts = Field(default_factory=RunCounts)
+
+
+class MethodInfo(_Reply):
+    name: str
+    mode: Mode
+    description: str
+    config_schema: dict[str, Any]
+
+
+# --- runs --------------------------------------------------------------------------------------
+
+
+class Run(_Reply):
+    id: str
+    experiment_id: str
+    status: RunStatus
+    weights: dict[str, float]
+    params: dict[str, Any] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+    excluded: bool = False
+    worker: str | None = None
+    lease_expires_at: datetime | None = None
+    attempt: int = 1
+    metrics: dict[str, float] = Field(default_factory=dict)
+    external_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    reason: str | None = Field(
+        default=None, description="why the run last failed, or why it is excluded"
+    )
+
+
+class RunImport(_Body):
+    """A run someone else chose or already trained (offline experiments)."""
+
+    weights: dict[Name, NonNegativeFloat]
+    params: dict[str, Any] = Field(default_factory=dict)
+    tags: Tags = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
+    status: Literal["pending", "completed", "failed"] | None = Field(
+        default=None, description="defaults to completed when metrics are given, else pending"
+    )
+    external_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+
+    @field_validator("params")
+    @classmethod
+    def _finite_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        check_json_finite(params)
+        return params
+
+    @property
+    def resolved_status(self) -> Literal["pending", "completed", "failed"]:
+        if self.status is not None:
+            return self.status
+        return "completed" if self.metrics else "pending"
+
+
+class ProposalRequest(_Body):
+    count: int = Field(ge=1, le=1000)
+    request_id: RequestId | None = None
+
+
+class ClaimRequest(_Body):
+    worker: Name
+    lease_seconds: int = Field(default=600, ge=10, le=86400)
+
+
+class HeartbeatRequest(_Body):
+    worker: Name
+    lease_seconds: int | None = Field(
+        default=None, ge=10, le=86400, description="new lease length; default: the claim's"
+    )
+
+
+class MetricPoint(_Body):
+    name: Name
+    step: int = Field(ge=0, le=MAX_STEP)
+    value: FiniteFloat
+
+
+class MetricsBatch(_Body):
+    points: list[MetricPoint] = Field(max_length=10_000)
+
+
+class MetricsAccepted(_Reply):
+    accepted: int
+    new: int
+
+
+class StoredPoint(_Reply):
+    name: str
+    step: int
+    value: float
+
+
+class CompleteRequest(_Body):
+    metrics: Metrics = Field(default_factory=dict)
+    worker: Name | None = None
+
+
+class FailRequest(_Body):
+    reason: Annotated[str, StringConstraints(max_length=4096)] = ""
+    worker: Name | None = None
+
+
+class ReleaseRequest(_Body):
+    worker: Name
+
+
+class ExcludeRequest(_Body):
+    excluded: bool = True
+    reason: Annotated[str, StringConstraints(max_length=4096)] | None = None
+
+
+T = TypeVar("T")
+
+
+class Page(_Reply, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = None
+
+
+class RunList(_Reply):
+    items: list[Run]
+
+
+# --- tokens ------------------------------------------------------------------------------------
+
+
+class TokenCreate(_Body):
+    name: Name
+    scope: Scope = "write"
+    expires_in_days: int | None = Field(default=None, ge=1, le=36500)
+
+
+class Token(_Reply):
+    id: str
+    name: str
+    scope: Scope
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class TokenCreated(Token):
+    token: str = Field(description="the secret, shown only in this answer")
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class ProblemError(_Reply):
+    loc: list[str | int]
+    msg: str
+
+
+class Problem(_Reply):
+    """An RFC 9457 problem document."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemError] | None = None

@@ -1,0 +1,53 @@
+"""Service settings: command-line flags override ``MIXOPT_*`` environment variables, which
+override these defaults."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "is_loopback", "normalise_database_url"]
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the URLs people paste (``postgres://``, ``postgresql://``) and use psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MIXOPT_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///mixopt.db",
+        description="SQLAlchemy URL: a SQLite file (embedded default) or postgresql://...",
+    )
+    host: str = Field(default="127.0.0.1", description="address to bind")
+    port: int = Field(default=8000, ge=0, le=65535, description="port to bind")
+    no_auth: bool = Field(default=False, description="skip auth (only allowed on loopback)")
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="request size cap")
+    token_cache_seconds: float = Field(
+        default=5.0, ge=0, description="how long a token lookup is cached in process"
+    )
+    lease_sweep_seconds: float = Field(
+        default=15.0, gt=0, description="how often expired leases are returned to pending"
+    )
+    log_level: str = Field(default="info", description="uvicorn log level")
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise(cls, url: str) -> str:
+        return normalise_database_url(url)

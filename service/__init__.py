@@ -1,0 +1,1 @@
+"""The mixopt service: FastAPI routes over a Store, with the mixers doing the maths."""

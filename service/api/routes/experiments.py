@@ -1,0 +1,129 @@
+"""Experiments, methods, proposals and imports."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import StreamingResponse
+
+from mixers import methods
+from mixopt import schemas
+from service.api.deps import AdminDep, OpsDep, ReadDep, StoreDep, WriteDep
+from service.convert import experiment_out, run_out
+from service.problems import PROBLEM_RESPONSES
+
+router = APIRouter(tags=["experiments"], responses=PROBLEM_RESPONSES)
+
+Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
+
+
+@router.get("/methods", dependencies=[ReadDep])
+def list_methods() -> dict[str, list[schemas.MethodInfo]]:
+    return {
+        "items": [
+            schemas.MethodInfo(
+                name=m.name,
+                mode=m.mode,
+                description=m.description,
+                config_schema=m.Config.model_json_schema(),
+            )
+            for m in methods()
+        ]
+    }
+
+
+@router.post("/experiments", status_code=status.HTTP_201_CREATED, dependencies=[AdminDep])
+def create_experiment(body: schemas.ExperimentCreate, ops: OpsDep) -> schemas.Experiment:
+    return experiment_out(ops.create_experiment(body))
+
+
+@router.get("/experiments", dependencies=[ReadDep])
+def list_experiments(
+    store: StoreDep,
+    status: Literal["active", "archived"] | None = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> schemas.Page[schemas.Experiment]:
+    page = store.list_experiments(status=status, limit=limit, cursor=cursor)
+    return schemas.Page(items=[experiment_out(e) for e in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/experiments/{experiment_id}", dependencies=[ReadDep])
+def get_experiment(experiment_id: str, store: StoreDep) -> schemas.Experiment:
+    return experiment_out(store.get_experiment(experiment_id))
+
+
+@router.post("/experiments/{experiment_id}/archive", dependencies=[AdminDep])
+def archive_experiment(experiment_id: str, store: StoreDep) -> schemas.Experiment:
+    return experiment_out(store.archive_experiment(experiment_id))
+
+
+@router.post(
+    "/experiments/{experiment_id}/proposals",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[WriteDep],
+)
+def propose(experiment_id: str, body: schemas.ProposalRequest, ops: OpsDep) -> schemas.RunList:
+    return schemas.RunList(items=[run_out(r) for r in ops.propose(experiment_id, body)])
+
+
+@router.post(
+    "/experiments/{experiment_id}/runs",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[WriteDep],
+    responses={200: {"model": schemas.Run, "description": "the run with this external_id"}},
+)
+def import_run(
+    experiment_id: str, body: schemas.RunImport, ops: OpsDep, response: Response
+) -> schemas.Run:
+    record, created = ops.import_run(experiment_id, body)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return run_out(record)
+
+
+@router.get("/experiments/{experiment_id}/runs", dependencies=[ReadDep])
+def list_runs(
+    experiment_id: str,
+    store: StoreDep,
+    status: Literal["pending", "running", "completed", "failed"] | None = None,
+    excluded: bool | None = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> schemas.Page[schemas.Run]:
+    page = store.list_runs(
+        experiment_id, status=status, excluded=excluded, limit=limit, cursor=cursor
+    )
+    return schemas.Page(items=[run_out(r) for r in page.items], next_cursor=page.next_cursor)
+
+
+@router.get(
+    "/experiments/{experiment_id}/runs.csv",
+    dependencies=[ReadDep],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "every run, one per row"}},
+)
+def export_runs(experiment_id: str, ops: OpsDep) -> StreamingResponse:
+    rows = ops.runs_csv(experiment_id)
+    return StreamingResponse(
+        rows,
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="experiment-{experiment_id}.csv"'},
+    )
+
+
+@router.post(
+    "/experiments/{experiment_id}/claim",
+    dependencies=[WriteDep],
+    response_model=schemas.Run,
+    responses={204: {"description": "no pending run"}},
+)
+def claim(
+    experiment_id: str, body: schemas.ClaimRequest, store: StoreDep
+) -> schemas.Run | Response:
+    record = store.claim(experiment_id, body.worker, body.lease_seconds)
+    if record is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return run_out(record)

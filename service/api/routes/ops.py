@@ -1,0 +1,60 @@
+"""Operations: liveness, readiness, Prometheus metrics and the dashboard's entry page."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from service.problems import problem_response
+from service.store import Store
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up (no database call)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "database unreachable or not migrated"}})
+async def readyz(request: Request) -> JSONResponse:
+    """The database answers and its schema is at the head revision."""
+    store: Store = request.app.state.store
+    try:
+        await run_in_threadpool(store.check_ready)
+    except Exception as exc:  # any failure means "not ready", with the reason
+        return problem_response(503, f"not ready: {exc}", slug="not-ready")
+    return JSONResponse({"status": "ready"})
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(
+        generate_latest(request.app.state.request_metrics.registry),
+        media_type=CONTENT_TYPE_LATEST,
+    )
+
+
+_INDEX = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>mixopt</title>
+<style>body{font:16px/1.5 system-ui,sans-serif;max-width:42rem;margin:3rem auto;padding:0 1rem}
+code{background:#f3f3f3;padding:0 .25rem}</style></head>
+<body><h1>mixopt</h1>
+<p>Finds the best data mixture for training a language model.</p>
+<ul>
+<li><a href="/docs">API documentation</a> (the contract, interactive)</li>
+<li><a href="/openapi.json">OpenAPI document</a></li>
+<li><a href="/readyz">readiness</a> and <a href="/metrics">Prometheus metrics</a></li>
+</ul>
+<p>API calls take <code>Authorization: Bearer &lt;token&gt;</code>;
+create one with <code>mixopt token create --scope read --name me</code>.</p>
+</body></html>
+"""
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index() -> HTMLResponse:
+    return HTMLResponse(_INDEX)

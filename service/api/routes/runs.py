@@ -1,0 +1,64 @@
+"""The run queue: leases, heartbeats, metric points, completion, failure, exclusion."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from mixopt import schemas
+from service.api.deps import ReadDep, StoreDep, WriteDep
+from service.convert import point_out, run_out
+from service.problems import PROBLEM_RESPONSES
+
+router = APIRouter(prefix="/runs", tags=["runs"], responses=PROBLEM_RESPONSES)
+
+
+@router.get("/{run_id}", dependencies=[ReadDep])
+def get_run(run_id: str, store: StoreDep) -> schemas.Run:
+    return run_out(store.get_run(run_id))
+
+
+@router.post("/{run_id}/heartbeat", dependencies=[WriteDep])
+def heartbeat(run_id: str, body: schemas.HeartbeatRequest, store: StoreDep) -> schemas.Run:
+    return run_out(store.heartbeat(run_id, body.worker, body.lease_seconds))
+
+
+@router.post("/{run_id}/metrics", status_code=status.HTTP_202_ACCEPTED, dependencies=[WriteDep])
+def append_metrics(
+    run_id: str, body: schemas.MetricsBatch, store: StoreDep
+) -> schemas.MetricsAccepted:
+    accepted, new = store.append_metrics(run_id, [(p.name, p.step, p.value) for p in body.points])
+    return schemas.MetricsAccepted(accepted=accepted, new=new)
+
+
+@router.get("/{run_id}/metrics", dependencies=[ReadDep])
+def list_metrics(
+    run_id: str,
+    store: StoreDep,
+    name: Annotated[str | None, Query(pattern=schemas.NAME_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> schemas.Page[schemas.StoredPoint]:
+    page = store.list_metrics(run_id, name=name, limit=limit, cursor=cursor)
+    return schemas.Page(items=[point_out(p) for p in page.items], next_cursor=page.next_cursor)
+
+
+@router.post("/{run_id}/complete", dependencies=[WriteDep])
+def complete(run_id: str, body: schemas.CompleteRequest, store: StoreDep) -> schemas.Run:
+    return run_out(store.complete(run_id, body.metrics, body.worker))
+
+
+@router.post("/{run_id}/fail", dependencies=[WriteDep])
+def fail(run_id: str, body: schemas.FailRequest, store: StoreDep) -> schemas.Run:
+    return run_out(store.fail(run_id, body.reason, body.worker))
+
+
+@router.post("/{run_id}/release", dependencies=[WriteDep])
+def release(run_id: str, body: schemas.ReleaseRequest, store: StoreDep) -> schemas.Run:
+    return run_out(store.release(run_id, body.worker))
+
+
+@router.post("/{run_id}/exclude", dependencies=[WriteDep])
+def exclude(run_id: str, body: schemas.ExcludeRequest, store: StoreDep) -> schemas.Run:
+    return run_out(store.exclude(run_id, body.excluded, body.reason))

@@ -1,0 +1,78 @@
+"""Bearer-token authentication with nested scopes: admin ⊇ write ⊇ read."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from mixopt.errors import Forbidden, Unauthorized
+from service.store import Store, TokenRecord
+from service.store.sql import hash_token, utcnow
+
+__all__ = ["SCOPE_RANK", "Authenticator", "Principal"]
+
+SCOPE_RANK = {"read": 0, "write": 1, "admin": 2}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a token's name and scope (``anonymous``/admin without auth)."""
+
+    name: str
+    scope: str
+    token_id: str | None = None
+
+
+class Authenticator:
+    """Checks ``Authorization: Bearer`` headers against the store's token hashes.
+
+    A lookup is cached for ``cache_seconds`` (keyed by the hash, never the secret) so a busy
+    trainer polling weights costs no database round trip per request; a revocation takes
+    effect within that time.
+    """
+
+    def __init__(self, store: Store, *, enabled: bool = True, cache_seconds: float = 5.0) -> None:
+        self._store = store
+        self.enabled = enabled
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
+        self._lock = threading.Lock()
+
+    def _lookup(self, secret: str) -> TokenRecord | None:
+        key = hash_token(secret)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < self._cache_seconds:
+            return hit[1]
+        record = self._store.find_token(secret)
+        with self._lock:
+            if len(self._cache) > 10_000:  # bound memory under a flood of bad tokens
+                self._cache.clear()
+            self._cache[key] = (now, record)
+        return record
+
+    def forget(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def authenticate(self, authorization: str | None, required: str) -> Principal:
+        if not self.enabled:
+            return Principal("anonymous", "admin")
+        if not authorization:
+            raise Unauthorized("missing Authorization: Bearer <token> header")
+        kind, _, secret = authorization.partition(" ")
+        secret = secret.strip()
+        if kind.lower() != "bearer" or not secret:
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        record = self._lookup(secret)
+        if record is None:
+            raise Unauthorized("unknown token")
+        if record.revoked_at is not None:
+            raise Unauthorized("the token has been revoked")
+        if record.expires_at is not None and record.expires_at <= utcnow():
+            raise Unauthorized("the token has expired")
+        if SCOPE_RANK[record.scope] < SCOPE_RANK[required]:
+            raise Forbidden(f"this call needs scope {required!r}; the token has {record.scope!r}")
+        return Principal(record.name, record.scope, record.id)

@@ -1,0 +1,93 @@
+"""The FastAPI application: ``create_app`` builds it around a Store; nothing happens at import."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from mixopt import __version__, schemas
+from mixopt.settings import Settings
+from service.api.routes import experiments, ops, runs, tokens
+from service.auth import Authenticator
+from service.middleware import BodyLimitMiddleware, RequestMetrics, RequestMetricsMiddleware
+from service.operations import Operations
+from service.problems import install_problem_handlers
+from service.store import Store
+
+__all__ = ["API_PREFIX", "create_app"]
+
+API_PREFIX = "/api/v1"
+log = logging.getLogger("mixopt.service")
+
+
+async def _sweep_leases(store: Store, every: float) -> None:
+    """Return expired leases to pending even when nobody claims (claims also do it)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            returned = await run_in_threadpool(store.expire_leases)
+            if returned:
+                log.info("returned %d runs with expired leases", returned)
+        except Exception:
+            log.exception("lease sweep failed; retrying later")
+
+
+def create_app(settings: Settings, store: Store) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(_sweep_leases(store, settings.lease_sweep_seconds))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+
+    app = FastAPI(
+        title="mixopt",
+        version=__version__,
+        description="Finds the best data mixture for training a language model. "
+        "Contract: API.md (version 1).",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.ops = Operations(store)
+    app.state.auth = Authenticator(
+        store, enabled=not settings.no_auth, cache_seconds=settings.token_cache_seconds
+    )
+    app.state.request_metrics = RequestMetrics()
+
+    api = APIRouter(prefix=API_PREFIX)
+    api.include_router(experiments.router)
+    api.include_router(runs.router)
+    api.include_router(tokens.router)
+    app.include_router(api)
+    app.include_router(ops.router)
+
+    install_problem_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.request_metrics)
+
+    original_openapi = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            document = original_openapi()
+            components = document.setdefault("components", {})
+            assert isinstance(components, dict)
+            components.setdefault("schemas", {})["Problem"] = schemas.Problem.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            components.setdefault("securitySchemes", {})["bearer"] = {
+                "type": "http",
+                "scheme": "bearer",
+            }
+            document["security"] = [{"bearer": []}]
+        return app.openapi_schema or document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,244 @@
+"""Application logic between the routes and the store: where the mixers meet the stored runs.
+
+Routes parse and serialise; the store persists; this module validates what needs the experiment's
+domains (mixtures, configs) and calls the method registry.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mixers import DomainSpace, Observation, OfflineMixer, get_method
+from mixers.base import MethodConfig, Mixer
+from mixopt import schemas
+from mixopt.errors import Conflict, Gone, InvalidInput
+from service.store import ExperimentRecord, NewExperiment, NewRun, RunRecord, Store
+
+__all__ = ["Operations", "objective_value", "space_of"]
+
+ONLINE_DEFAULT_OBJECTIVE = {"metrics": {"eval_loss/mean": 1.0}, "direction": "minimize"}
+
+
+def objective_value(objective: Mapping[str, Any], metrics: Mapping[str, float]) -> float | None:
+    """The experiment's objective for a run's metrics, or None if a term is missing."""
+    total = 0.0
+    for name, weight in objective["metrics"].items():
+        if name not in metrics:
+            return None
+        total += float(weight) * float(metrics[name])
+    return total
+
+
+def space_of(experiment: ExperimentRecord) -> DomainSpace:
+    return DomainSpace.from_domains(
+        experiment.domains,
+        train_tokens=experiment.config.get("train_tokens"),
+        max_epochs=experiment.config.get("max_epochs"),
+    )
+
+
+def _mixer(experiment: ExperimentRecord) -> tuple[Mixer, MethodConfig]:
+    cls = get_method(experiment.mode, experiment.method)  # type: ignore[arg-type]
+    config = cls.parse_config(experiment.config)
+    return cls(config), config
+
+
+class Operations:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # --- experiments ---
+
+    def create_experiment(self, body: schemas.ExperimentCreate) -> ExperimentRecord:
+        try:
+            return self._create_experiment(body)
+        except InvalidInput as exc:
+            raise exc.prefixed("body") from None
+
+    def _create_experiment(self, body: schemas.ExperimentCreate) -> ExperimentRecord:
+        try:
+            cls = get_method(body.mode, body.method)
+        except KeyError:
+            known = sorted(m.name for m in _methods_of(body.mode))
+            raise InvalidInput.at(
+                ("method",),
+                f"unknown {body.mode} method {body.method!r}; known: {', '.join(known)}",
+            ) from None
+        config = cls.parse_config(body.config)
+        if config.seed is None:
+            # Stored, so that every later proposal is reproducible from the experiment alone.
+            config.seed = secrets.randbelow(2**31)
+        space = DomainSpace.from_domains(
+            [d.model_dump() for d in body.domains],
+            train_tokens=config.train_tokens,
+            max_epochs=config.max_epochs,
+        )
+        cls(config).check_space(space)
+        if body.objective is not None:
+            objective = body.objective.model_dump()
+        elif body.mode == "online":
+            objective = dict(ONLINE_DEFAULT_OBJECTIVE)
+        else:
+            raise InvalidInput.at(
+                ("objective",), "offline experiments need an objective: the metrics to optimise"
+            )
+        domains = [
+            {
+                "name": name,
+                "prior": float(prior),
+                "tokens": tokens,
+                "min_weight": float(lo),
+                "max_weight": float(hi),
+            }
+            for name, prior, tokens, lo, hi in zip(
+                space.names,
+                space.prior,
+                space.tokens,
+                space.lower,
+                space.declared_upper,
+                strict=True,
+            )
+        ]
+        return self.store.create_experiment(
+            NewExperiment(
+                name=body.name,
+                mode=body.mode,
+                method=body.method,
+                domains=domains,
+                objective=objective,
+                config=config.model_dump(mode="json"),
+            )
+        )
+
+    # --- offline runs ---
+
+    def _offline(self, experiment_id: str) -> ExperimentRecord:
+        experiment = self.store.get_experiment(experiment_id)
+        if experiment.mode != "offline":
+            raise Conflict(
+                f"experiment {experiment_id} is online: its runs are training runs "
+                'started with POST /experiments/{id}/runs {"name": ...}'
+            )
+        return experiment
+
+    def propose(self, experiment_id: str, request: schemas.ProposalRequest) -> list[RunRecord]:
+        experiment = self._offline(experiment_id)
+        if experiment.status != "active":
+            raise Gone(f"experiment {experiment_id} is archived and accepts no new runs")
+        if request.request_id is not None:
+            earlier = self.store.runs_for_request(experiment_id, request.request_id)
+            if earlier is not None:
+                return earlier
+        mixer, config = _mixer(experiment)
+        assert isinstance(mixer, OfflineMixer)
+        space = space_of(experiment)
+        history = self.history(experiment, space)
+        # Seeded by the experiment and the number of runs so far: the same sequence of calls
+        # gives the same designs, and successive calls give new ones.
+        rng = np.random.default_rng([config.seed or 0, len(history)])
+        proposals = mixer.propose(space, history, request.count, rng)
+        new_runs = [
+            NewRun(weights=space.to_dict(p.weights), params=dict(p.params)) for p in proposals
+        ]
+        return self.store.add_runs(experiment_id, new_runs, request.request_id)
+
+    def history(self, experiment: ExperimentRecord, space: DomainSpace) -> list[Observation]:
+        return [
+            Observation(
+                weights=space.to_array(run.weights),
+                params=run.params,
+                objective=objective_value(experiment.objective, run.metrics)
+                if run.status == "completed"
+                else None,
+                status=run.status,
+                excluded=run.excluded,
+            )
+            for run in self.store.iter_runs(experiment.id)
+        ]
+
+    def import_run(self, experiment_id: str, body: schemas.RunImport) -> tuple[RunRecord, bool]:
+        experiment = self._offline(experiment_id)
+        space_of(experiment).validate_weights(body.weights, loc=("body", "weights"))
+        return self.store.import_run(
+            experiment_id,
+            NewRun(
+                weights=body.weights,
+                params=body.params,
+                tags=body.tags,
+                metrics=body.metrics,
+                status=body.resolved_status,
+                external_id=body.external_id,
+            ),
+        )
+
+    def runs_csv(self, experiment_id: str) -> Iterator[str]:
+        """Every run as CSV rows: ``weight/<domain>``, ``metric/<name>``, ``tag/<key>`` columns.
+
+        ``mixopt runs import`` reads this format back. The prefixes cannot clash with names:
+        a column's kind is what stands before its first slash.
+        """
+        experiment = self.store.get_experiment(experiment_id)
+        runs = list(self.store.iter_runs(experiment_id))
+        return _csv_rows(experiment, runs)
+
+
+def _methods_of(mode: str) -> list[type[Mixer]]:
+    from mixers import methods
+
+    return [m for m in methods() if m.mode == mode]
+
+
+def _csv_rows(experiment: ExperimentRecord, runs: Sequence[RunRecord]) -> Iterator[str]:
+    domains = [d["name"] for d in experiment.domains]
+    metric_names = sorted({name for run in runs for name in run.metrics})
+    tag_keys = sorted({key for run in runs for key in run.tags})
+    has_params = any(run.params for run in runs)
+    header = [
+        "run_id",
+        "status",
+        "excluded",
+        "attempt",
+        "external_id",
+        "created_at",
+        *(f"weight/{d}" for d in domains),
+        *(f"metric/{m}" for m in metric_names),
+        *(f"tag/{k}" for k in tag_keys),
+        *(["params"] if has_params else []),
+    ]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+
+    def flush() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    writer.writerow(header)
+    yield flush()
+    for run in runs:
+        writer.writerow(
+            [
+                run.id,
+                run.status,
+                str(run.excluded).lower(),
+                run.attempt,
+                run.external_id or "",
+                run.created_at.isoformat(),
+                *(repr(float(run.weights[d])) for d in domains),
+                *(
+                    "" if m not in run.metrics else repr(float(run.metrics[m]))
+                    for m in metric_names
+                ),
+                *(run.tags.get(k, "") for k in tag_keys),
+                *([json.dumps(run.params, sort_keys=True)] if has_params else []),
+            ]
+        )
+        yield flush()

@@ -1,0 +1,144 @@
+"""The one place where errors become RFC 9457 problem documents (``application/problem+json``).
+
+Every error answer has ``type``, ``title``, ``status`` (equal to the HTTP status) and ``detail``;
+validation errors add ``errors: [{loc, msg}]`` naming the field at fault.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mixopt.errors import (
+    Conflict,
+    ErrorItem,
+    Forbidden,
+    InvalidInput,
+    MixoptError,
+    NotFound,
+    Unauthorized,
+)
+
+__all__ = ["PROBLEM_RESPONSES", "install_problem_handlers", "problem_response"]
+
+log = logging.getLogger("mixopt.service")
+
+MEDIA_TYPE = "application/problem+json"
+
+_STATUS: list[tuple[type[MixoptError], int, str]] = [
+    (Unauthorized, 401, "unauthorized"),
+    (Forbidden, 403, "forbidden"),
+    (NotFound, 404, "not-found"),
+    (Conflict, 409, "conflict"),
+    (InvalidInput, 422, "validation"),
+]
+
+
+def problem_type(slug: str) -> str:
+    return f"tag:mixopt.dev,2026:problem/{slug}"
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    slug: str | None = None,
+    errors: Sequence[ErrorItem] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": problem_type(slug) if slug else "about:blank",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = [{"loc": list(e.loc), "msg": e.msg} for e in errors]
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, MixoptError)
+    for cls, status, slug in _STATUS:
+        if isinstance(exc, cls):
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            errors = exc.errors if isinstance(exc, InvalidInput) else None
+            return problem_response(
+                status, exc.detail, title=exc.title, slug=slug, errors=errors, headers=headers
+            )
+    return problem_response(400, exc.detail, title=exc.title)
+
+
+def _loc_text(loc: Sequence[Any]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    items = [ErrorItem(tuple(e.get("loc", ())), str(e.get("msg", ""))) for e in exc.errors()]
+    if items:
+        first = items[0]
+        more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+        detail = f"{_loc_text(first.loc)}: {first.msg}{more}"
+    else:
+        detail = "the request is invalid"
+    return problem_response(422, detail, title="Validation failed", slug="validation", errors=items)
+
+
+def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return problem_response(
+        exc.status_code,
+        str(exc.detail) if exc.detail else HTTPStatus(exc.status_code).phrase,
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    # A database that is down or locked beyond the busy timeout: the client may retry safely.
+    log.warning("database unavailable: %s", exc)
+    return problem_response(
+        503,
+        "the database is unavailable or busy; retry shortly",
+        slug="unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return problem_response(500, "an internal error occurred; it has been logged")
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(MixoptError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+def _problem_doc(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _problem_doc("missing, invalid, expired or revoked token"),
+    403: _problem_doc("the token's scope does not allow this call"),
+    404: _problem_doc("unknown id"),
+    409: _problem_doc("conflicts with the stored state"),
+    413: _problem_doc("request body over the size limit"),
+    422: _problem_doc("the request breaks a validation rule"),
+}

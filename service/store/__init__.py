@@ -1,0 +1,28 @@
+"""Persistence: the Store interface and its SQL implementation."""
+
+from __future__ import annotations
+
+from service.store.base import (
+    ExperimentRecord,
+    NewExperiment,
+    NewRun,
+    Page,
+    PointRecord,
+    RunRecord,
+    Store,
+    TokenRecord,
+)
+from service.store.sql import SqlStore, make_engine
+
+__all__ = [
+    "ExperimentRecord",
+    "NewExperiment",
+    "NewRun",
+    "Page",
+    "PointRecord",
+    "RunRecord",
+    "SqlStore",
+    "Store",
+    "TokenRecord",
+    "make_engine",
+]

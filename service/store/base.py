@@ -1,0 +1,248 @@
+"""The Store interface: everything the service persists, behind one small API.
+
+Routes and application code talk to a ``Store``; SQL, locking, idempotency and transactions live in
+its implementation (``SqlStore``). Records are frozen: nobody mutates what the store returned.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+__all__ = [
+    "ExperimentRecord",
+    "NewExperiment",
+    "NewRun",
+    "Page",
+    "PointRecord",
+    "RunRecord",
+    "Store",
+    "TokenRecord",
+]
+
+Status = Literal["pending", "running", "completed", "failed"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class NewExperiment:
+    name: str
+    mode: str
+    method: str
+    domains: list[dict[str, Any]]
+    objective: dict[str, Any]
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    id: str
+    name: str
+    mode: str
+    method: str
+    domains: list[dict[str, Any]]
+    objective: dict[str, Any]
+    config: dict[str, Any]
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    archived_at: datetime | None
+    counts: dict[str, int]
+
+    @property
+    def max_attempts(self) -> int:
+        return int(self.config.get("max_attempts", 3))
+
+
+@dataclass(frozen=True)
+class NewRun:
+    weights: Mapping[str, float]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    status: Status = "pending"
+    external_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    experiment_id: str
+    status: Status
+    weights: dict[str, float]
+    params: dict[str, Any]
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    excluded: bool
+    reason: str | None
+    worker: str | None
+    lease_expires_at: datetime | None
+    attempt: int
+    external_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class PointRecord:
+    name: str
+    step: int
+    value: float
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    id: str
+    name: str
+    scope: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def usable(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class Store(ABC):
+    """Persistence of experiments, runs, metric points and API tokens.
+
+    Every write is committed before the method returns (durable when answered). Ids are the
+    API's strings; an id that names nothing raises ``NotFound``.
+    """
+
+    # --- lifecycle ---
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def check_ready(self) -> None:
+        """Raise ``RuntimeError`` unless the database answers and its schema is at head."""
+
+    # --- experiments ---
+    @abstractmethod
+    def create_experiment(self, new: NewExperiment) -> ExperimentRecord:
+        """``Conflict`` if an active experiment already has the name."""
+
+    @abstractmethod
+    def get_experiment(self, experiment_id: str) -> ExperimentRecord: ...
+
+    @abstractmethod
+    def list_experiments(
+        self, *, status: str | None, limit: int, cursor: str | None
+    ) -> Page[ExperimentRecord]:
+        """Newest first."""
+
+    @abstractmethod
+    def archive_experiment(self, experiment_id: str) -> ExperimentRecord:
+        """Idempotent."""
+
+    # --- runs ---
+    @abstractmethod
+    def add_runs(
+        self, experiment_id: str, runs: Sequence[NewRun], request_id: str | None = None
+    ) -> list[RunRecord]:
+        """Insert runs atomically. With a ``request_id`` already used in this experiment, insert
+        nothing and return the runs that request created. ``Gone`` if archived."""
+
+    @abstractmethod
+    def runs_for_request(self, experiment_id: str, request_id: str) -> list[RunRecord] | None:
+        """The runs a ``request_id`` created, or None if it was never used."""
+
+    @abstractmethod
+    def import_run(self, experiment_id: str, run: NewRun) -> tuple[RunRecord, bool]:
+        """Insert one run; idempotent on ``external_id``: a known one returns (stored, False), or
+        ``Conflict`` if its weights or metrics differ."""
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> RunRecord: ...
+
+    @abstractmethod
+    def list_runs(
+        self,
+        experiment_id: str,
+        *,
+        status: str | None = None,
+        excluded: bool | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[RunRecord]:
+        """Oldest first."""
+
+    def iter_runs(self, experiment_id: str, *, page_size: int = 1000) -> Iterator[RunRecord]:
+        """Every run of the experiment, oldest first, read page by page."""
+        cursor: str | None = None
+        while True:
+            page = self.list_runs(experiment_id, limit=page_size, cursor=cursor)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    @abstractmethod
+    def claim(self, experiment_id: str, worker: str, lease_seconds: int) -> RunRecord | None:
+        """Lease the oldest pending run; None when there is none. Expired leases are returned
+        to pending first. Two claims never get the same run."""
+
+    @abstractmethod
+    def heartbeat(self, run_id: str, worker: str, lease_seconds: int | None = None) -> RunRecord:
+        """Extend the lease; ``LeaseLost`` unless ``worker`` holds it."""
+
+    @abstractmethod
+    def complete(self, run_id: str, metrics: Mapping[str, float], worker: str | None) -> RunRecord:
+        """Final metrics. Repeating the same call is harmless; different metrics: ``Conflict``."""
+
+    @abstractmethod
+    def fail(self, run_id: str, reason: str, worker: str | None) -> RunRecord:
+        """This attempt failed: pending again with attempt + 1, or failed after max_attempts."""
+
+    @abstractmethod
+    def release(self, run_id: str, worker: str) -> RunRecord:
+        """Give the lease back: pending again, attempt unchanged."""
+
+    @abstractmethod
+    def exclude(self, run_id: str, excluded: bool, reason: str | None) -> RunRecord: ...
+
+    @abstractmethod
+    def expire_leases(self) -> int:
+        """Return every run whose lease has expired to pending (attempt + 1) or failed."""
+
+    # --- metric points ---
+    @abstractmethod
+    def append_metrics(
+        self, run_id: str, points: Sequence[tuple[str, int, float]]
+    ) -> tuple[int, int]:
+        """Append points unique on (name, step); return (accepted, new). A point already stored
+        with another value rejects the whole batch (``Conflict``)."""
+
+    @abstractmethod
+    def list_metrics(
+        self, run_id: str, *, name: str | None, limit: int, cursor: str | None
+    ) -> Page[PointRecord]:
+        """Ordered by step (then name)."""
+
+    # --- tokens ---
+    @abstractmethod
+    def create_token(
+        self, name: str, scope: str, expires_at: datetime | None
+    ) -> tuple[TokenRecord, str]:
+        """Store a new token's hash; return it with the secret (never stored)."""
+
+    @abstractmethod
+    def find_token(self, secret: str) -> TokenRecord | None:
+        """The token with this secret, whether usable or not; None if unknown."""
+
+    @abstractmethod
+    def list_tokens(self, *, limit: int, cursor: str | None) -> Page[TokenRecord]: ...
+
+    @abstractmethod
+    def revoke_token(self, token_id: str) -> TokenRecord:
+        """Idempotent."""

@@ -1,0 +1,59 @@
+"""Schema migrations configured from code, so they work from an installed wheel.
+
+``upgrade`` takes a lock first: a Postgres advisory lock, or SQLite's write lock, so that several
+replicas starting at once apply each revision exactly once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, text
+
+import migrations
+
+__all__ = ["alembic_config", "current_revision", "head_revision", "upgrade"]
+
+# pg_advisory_lock key: the first 8 bytes of sha256("mixopt.migrations"), as a signed bigint.
+_LOCK_KEY = 0x2F1B6C3E5A7D9041
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> str | None:
+    """Bring the schema to ``revision`` under the migration lock; return the revision reached."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _LOCK_KEY})
+            connection.commit()
+            try:
+                command.upgrade(alembic_config(connection), revision)
+                connection.commit()
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})
+                connection.commit()
+        else:
+            # Alembic's transaction on SQLite begins with BEGIN IMMEDIATE (see sql.py's engine
+            # events), which is the lock: a second process waits, then finds nothing to do.
+            command.upgrade(alembic_config(connection), revision)
+            connection.commit()
+        return current_revision(connection)

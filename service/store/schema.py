@@ -1,17 +1,19 @@
 """Schema migrations configured from code, so they work from an installed wheel.
 
-``upgrade`` takes a lock first: a Postgres advisory lock, or SQLite's write lock, so that several
-replicas starting at once apply each revision exactly once.
+``upgrade`` takes a lock first: a Postgres advisory lock, or a lock file beside the SQLite file,
+so that several replicas starting at once apply each revision exactly once.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from filelock import FileLock
 from sqlalchemy import Connection, Engine, text
 
 import migrations
@@ -39,21 +41,32 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+def _sqlite_lock(engine: Engine) -> AbstractContextManager[object]:
+    """SQLite is a local file, so a lock file beside it serialises every process on the host.
+
+    The database's own locks are not enough: a process switching a new file to WAL mode and
+    another reading the schema can each wait on the other until the busy timeout.
+    """
+    database = engine.url.database
+    if not database or database == ":memory:":
+        return nullcontext()
+    return FileLock(f"{database}.migrate.lock")
+
+
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
     """Bring the schema to ``revision`` under the migration lock; return the revision reached."""
-    with engine.connect() as connection:
-        if engine.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _LOCK_KEY})
-            connection.commit()
-            try:
-                command.upgrade(alembic_config(connection), revision)
-                connection.commit()
-            finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})
-                connection.commit()
-        else:
-            # Alembic's transaction on SQLite begins with BEGIN IMMEDIATE (see sql.py's engine
-            # events), which is the lock: a second process waits, then finds nothing to do.
+    if engine.dialect.name != "postgresql":
+        with _sqlite_lock(engine), engine.connect() as connection:
             command.upgrade(alembic_config(connection), revision)
+            connection.commit()
+            return current_revision(connection)
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _LOCK_KEY})
+        connection.commit()
+        try:
+            command.upgrade(alembic_config(connection), revision)
+            connection.commit()
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})
             connection.commit()
         return current_revision(connection)

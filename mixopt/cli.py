@@ -71,7 +71,10 @@ def serve(
         database_url, host=host, port=port, log_level=log_level, no_auth=no_auth or None
     )
     if settings.no_auth and not is_loopback(settings.host):
-        raise _fail(f"--no-auth is refused on {settings.host}: bind to 127.0.0.1 or ::1")
+        raise _fail(
+            f"--no-auth is refused on {settings.host}: "
+            "bind to a loopback address (127.0.0.1 or ::1)"
+        )
     engine = make_engine(settings.database_url)
     schema.upgrade(engine)
     store = SqlStore(engine)
@@ -142,7 +145,7 @@ def token_create(
 
     if scope not in ("read", "write", "admin"):
         raise _fail(f"--scope must be read, write or admin, not {scope!r}")
-    if not re.match(NAME_PATTERN, name):
+    if not re.fullmatch(NAME_PATTERN, name):
         raise _fail(f"--name must match {NAME_PATTERN}")
     engine = make_engine(_settings(database_url).database_url)
     schema.upgrade(engine)

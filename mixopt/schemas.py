@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -62,7 +63,24 @@ PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 RequestId = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Metrics = dict[Name, FiniteFloat]
-Tags = dict[Name, Annotated[str, StringConstraints(max_length=1024)]]
+MAX_JSON_DEPTH = 64
+"""Free-form JSON (``params``, ``config``) nests at most this deep."""
+
+
+def _storable_text(value: str) -> str:
+    """Postgres text and JSON cannot hold NUL characters; nothing can encode lone surrogates."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (U+0000) characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+StorableText = AfterValidator(_storable_text)
+Tags = dict[Name, Annotated[str, StringConstraints(max_length=1024), StorableText]]
+Reason = Annotated[str, StringConstraints(max_length=4096), StorableText]
 Scope = Literal["read", "write", "admin"]
 Mode = Literal["offline", "online"]
 RunStatus = Literal["pending", "running", "completed", "failed"]
@@ -78,17 +96,34 @@ class _Reply(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-def check_json_finite(value: Any, path: str = "") -> None:
-    """Reject NaN and infinities anywhere in free-form JSON (``params``): JSON has no such numbers
-    and Postgres refuses to store them."""
+def check_json_storable(value: Any, path: str = "", depth: int = 0) -> None:
+    """Reject what free-form JSON (``params``, ``config``) must not hold: NaN and infinities (JSON
+    has no such numbers and Postgres refuses them), strings with NUL characters or lone
+    surrogates (no database stores them), and nesting deeper than ``MAX_JSON_DEPTH``."""
+    where = path or "top level"
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels at {where}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"non-finite number at {path or 'top level'}")
-    if isinstance(value, dict):
+        raise ValueError(f"non-finite number at {where}")
+    if isinstance(value, str):
+        try:
+            _storable_text(value)
+        except ValueError as exc:
+            raise ValueError(f"string at {where} {exc}") from None
+    elif isinstance(value, dict):
         for key, item in value.items():
-            check_json_finite(item, f"{path}.{key}" if path else str(key))
+            where_key = f"{path}.{key}" if path else str(key)
+            try:
+                _storable_text(str(key))
+            except ValueError as exc:
+                raise ValueError(f"key {where_key!r} {exc}") from None
+            check_json_storable(item, where_key, depth + 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            check_json_finite(item, f"{path}[{index}]")
+            check_json_storable(item, f"{path}[{index}]", depth + 1)
+
+
+check_json_finite = check_json_storable  # the earlier, narrower name
 
 
 # --- experiments -------------------------------------------------------------------------------
@@ -153,7 +188,7 @@ class ExperimentCreate(_Body):
     @field_validator("config")
     @classmethod
     def _finite_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        check_json_finite(config)
+        check_json_storable(config)
         return config
 
 
@@ -218,12 +253,14 @@ class RunImport(_Body):
     status: Literal["pending", "completed", "failed"] | None = Field(
         default=None, description="defaults to completed when metrics are given, else pending"
     )
-    external_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    external_id: (
+        Annotated[str, StringConstraints(min_length=1, max_length=256), StorableText] | None
+    ) = None
 
     @field_validator("params")
     @classmethod
     def _finite_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        check_json_finite(params)
+        check_json_storable(params)
         return params
 
     @property
@@ -277,7 +314,7 @@ class CompleteRequest(_Body):
 
 
 class FailRequest(_Body):
-    reason: Annotated[str, StringConstraints(max_length=4096)] = ""
+    reason: Reason = ""
     worker: Name | None = None
 
 
@@ -287,7 +324,7 @@ class ReleaseRequest(_Body):
 
 class ExcludeRequest(_Body):
     excluded: bool = True
-    reason: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    reason: Reason | None = None
 
 
 T = TypeVar("T")

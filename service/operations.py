@@ -69,7 +69,7 @@ class Operations:
             known = sorted(m.name for m in _methods_of(body.mode))
             raise InvalidInput.at(
                 ("method",),
-                f"unknown {body.mode} method {body.method!r}; known: {', '.join(known)}",
+                f"unknown {body.mode} method {body.method!r}; known: {', '.join(known) or 'none'}",
             ) from None
         config = cls.parse_config(body.config)
         if config.seed is None:

@@ -96,6 +96,18 @@ def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 
 def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+        # FastAPI answers 400 when json.loads fails with something other than JSONDecodeError:
+        # invalid UTF-8, nesting too deep, an integer too long to parse. All are malformed JSON,
+        # which the contract answers with 422 like any other.
+        msg = f"the body is not valid JSON: {type(exc.__cause__).__name__}: {exc.__cause__}"
+        return problem_response(
+            422,
+            msg,
+            title="Validation failed",
+            slug="validation",
+            errors=[ErrorItem(("body",), msg)],
+        )
     return problem_response(
         exc.status_code,
         str(exc.detail) if exc.detail else HTTPStatus(exc.status_code).phrase,

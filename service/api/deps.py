@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 
-from service.auth import Authenticator, Principal
+from service.auth import SCOPE_RANK, Authenticator, Principal
 from service.operations import Operations
 from service.store import Store
 
-__all__ = ["AdminDep", "OpsDep", "ReadDep", "StoreDep", "WriteDep", "require"]
+__all__ = [
+    "AdminDep",
+    "AuthenticatedRoute",
+    "OpsDep",
+    "ReadDep",
+    "StoreDep",
+    "WriteDep",
+    "require",
+]
 
 
 def get_store(request: Request) -> Store:
@@ -31,11 +41,46 @@ def require(scope: str) -> Callable[..., Principal]:
         request: Request,
         authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> Principal:
+        # AuthenticatedRoute has already checked the widest scope the route requires.
+        principal: Principal | None = getattr(request.state, "principal", None)
+        if principal is not None:
+            return principal
         auth: Authenticator = request.app.state.auth
         return auth.authenticate(authorization, scope)
 
     check.__name__ = f"require_{scope}"
+    check.required_scope = scope  # type: ignore[attr-defined]
     return check
+
+
+class AuthenticatedRoute(APIRoute):
+    """A route that checks the token before FastAPI reads and validates the body.
+
+    FastAPI parses the JSON body before it solves any dependency, so with the scope check only
+    in a dependency an anonymous caller sending malformed JSON got 422 instead of 401 (and could
+    probe the validation rules). The required scope is the widest among the route's ``require``
+    dependencies.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        scopes = [
+            scope
+            for dependency in self.dependencies
+            if (scope := getattr(dependency.dependency, "required_scope", None)) is not None
+        ]
+        if not scopes:
+            return handler
+        required = max(scopes, key=SCOPE_RANK.__getitem__)
+
+        async def authenticated(request: Request) -> Response:
+            auth: Authenticator = request.app.state.auth
+            request.state.principal = await run_in_threadpool(
+                auth.authenticate, request.headers.get("authorization"), required
+            )
+            return await handler(request)
+
+        return authenticated
 
 
 StoreDep = Annotated[Store, Depends(get_store)]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 from mixopt.errors import InvalidInput
+from mixopt.schemas import NAME_PATTERN
 
 __all__ = ["decode_cursor", "encode_cursor"]
 
@@ -27,9 +29,19 @@ def decode_cursor(cursor: str, shape: tuple[type, ...]) -> list[Any]:
     if (
         not isinstance(key, list)
         or len(key) != len(shape)
-        or not all(
-            isinstance(k, t) and not isinstance(k, bool) for k, t in zip(key, shape, strict=True)
-        )
+        or not all(_valid(k, t) for k, t in zip(key, shape, strict=True))
     ):
         raise InvalidInput.at(("query", "cursor"), "invalid cursor")
     return key
+
+
+def _valid(value: Any, kind: type) -> bool:
+    """Keys we issue: ids and steps within BIGINT, names matching the name pattern. Anything
+    else is forged and must not reach the database (out-of-range integers fail there)."""
+    if isinstance(value, bool) or not isinstance(value, kind):
+        return False
+    if isinstance(value, int):
+        return 0 <= value < 2**63
+    if isinstance(value, str):
+        return re.fullmatch(NAME_PATTERN, value) is not None
+    return False

@@ -9,11 +9,13 @@ from fastapi.responses import StreamingResponse
 
 from mixers import methods
 from mixopt import schemas
-from service.api.deps import AdminDep, OpsDep, ReadDep, StoreDep, WriteDep
+from service.api.deps import AdminDep, AuthenticatedRoute, OpsDep, ReadDep, StoreDep, WriteDep
 from service.convert import experiment_out, run_out
 from service.problems import PROBLEM_RESPONSES
 
-router = APIRouter(tags=["experiments"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    tags=["experiments"], responses=PROBLEM_RESPONSES, route_class=AuthenticatedRoute
+)
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]

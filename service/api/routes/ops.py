@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -12,14 +14,21 @@ from service.store import Store
 
 router = APIRouter(tags=["operations"])
 
+# These need no token: the document says so, overriding its global bearer requirement.
+PUBLIC: dict[str, Any] = {"security": []}
 
-@router.get("/healthz")
+
+@router.get("/healthz", openapi_extra=PUBLIC)
 async def healthz() -> dict[str, str]:
     """The process is up (no database call)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "database unreachable or not migrated"}})
+@router.get(
+    "/readyz",
+    responses={503: {"description": "database unreachable or not migrated"}},
+    openapi_extra=PUBLIC,
+)
 async def readyz(request: Request) -> JSONResponse:
     """The database answers and its schema is at the head revision."""
     store: Store = request.app.state.store
@@ -30,7 +39,7 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, openapi_extra=PUBLIC)
 async def metrics(request: Request) -> Response:
     return Response(
         generate_latest(request.app.state.request_metrics.registry),
@@ -55,6 +64,7 @@ create one with <code>mixopt token create --scope read --name me</code>.</p>
 """
 
 
-@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+@router.get("/", response_class=HTMLResponse, openapi_extra=PUBLIC)
 async def index() -> HTMLResponse:
+    """The dashboard's entry page."""
     return HTMLResponse(_INDEX)

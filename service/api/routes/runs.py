@@ -7,11 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from mixopt import schemas
-from service.api.deps import ReadDep, StoreDep, WriteDep
+from service.api.deps import AuthenticatedRoute, ReadDep, StoreDep, WriteDep
 from service.convert import point_out, run_out
 from service.problems import PROBLEM_RESPONSES
 
-router = APIRouter(prefix="/runs", tags=["runs"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/runs", tags=["runs"], responses=PROBLEM_RESPONSES, route_class=AuthenticatedRoute
+)
 
 
 @router.get("/{run_id}", dependencies=[ReadDep])

@@ -8,13 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, status
 
 from mixopt import schemas
-from service.api.deps import AdminDep, StoreDep
+from service.api.deps import AdminDep, AuthenticatedRoute, StoreDep
 from service.auth import Authenticator
 from service.convert import token_out
 from service.problems import PROBLEM_RESPONSES
 from service.store.sql import utcnow
 
-router = APIRouter(prefix="/tokens", tags=["tokens"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/tokens", tags=["tokens"], responses=PROBLEM_RESPONSES, route_class=AuthenticatedRoute
+)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, dependencies=[AdminDep])

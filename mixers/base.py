@@ -68,6 +68,7 @@ class DomainSpace:
         k = len(names)
 
         given = [p is not None for p in priors]
+        source = "prior"
         if all(given):
             raw = np.array([float(p) for p in priors if p is not None])
         elif any(given):
@@ -81,9 +82,22 @@ class DomainSpace:
             )
         elif all(t is not None for t in tokens):
             raw = np.array([float(t) for t in tokens if t is not None])
+            source = "tokens"
         else:
             raw = np.ones(k)
-        prior = raw / raw.sum()
+        # Scaled by the largest first: values near the float limit must not overflow the sum
+        # (which would make every prior 0).
+        prior = raw / raw.max()
+        prior = prior / prior.sum()
+        if not np.all(np.isfinite(prior) & (prior > 0)):
+            raise InvalidInput(
+                f"the domains' {source} values span too wide a range to normalise",
+                [
+                    ErrorItem((*loc, i, source), f"{source} is too small next to the others")
+                    for i in range(k)
+                    if not (np.isfinite(prior[i]) and prior[i] > 0)
+                ],
+            )
 
         upper = declared.copy()
         if train_tokens is not None and max_epochs is not None:
@@ -181,7 +195,7 @@ class DomainSpace:
 
         First by scaling, ``clip(g * v, lower, upper)`` with ``g`` found by bisection: it keeps
         zero weights at zero, so sparse Dirichlet samples stay sparse. Where the support of a row
-        cannot reach 1 within the bounds, by the Euclidean projection ``clip(v - tau, ...)``.
+        cannot reach 1 within the bounds, by the Euclidean projection ``clip(v + s, lower, upper)``.
         """
         v = np.clip(np.atleast_2d(np.asarray(points, dtype=float)), 0.0, None)
         lo, hi = self.lower, self.upper
@@ -198,18 +212,47 @@ class DomainSpace:
         out = np.empty_like(v)
         if reachable.any():
             vr = v[reachable]
-            # At g = max(upper / v) every positive weight sits at its upper bound: sum >= 1.
-            ratio = np.divide(hi, vr, out=np.zeros_like(vr), where=vr > 0)
-            out[reachable] = bisect(
-                lambda g: np.clip(vr * g[:, None], lo, hi), np.zeros(len(vr)), ratio.max(axis=1)
-            )
+            # Bisect on log g. (Fix: the former bracket g in [0, max(upper / v)] overflowed to inf
+            # for subnormal weights, giving NaN rows, and for rows spanning many orders of
+            # magnitude, like 0.5 beside 1e-40, was so wide that 100 halvings left g far off:
+            # even points already inside the space were moved.) The result does not depend on
+            # the scale of a row, so each is first scaled to a maximum of 1, in logs so that
+            # weights 600 orders of magnitude below the maximum do not underflow.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                log_v = np.log(vr)  # -inf for zero weights: exp() gives them back as 0
+                peak = log_v.max(axis=1, keepdims=True)  # -inf only for an all-zero row
+                log_v = log_v - np.where(np.isfinite(peak), peak, 0.0)
+                # At g = max(upper / v) every positive weight sits at its upper bound: sum >= 1.
+                log_high = np.where(vr > 0, np.log(hi) - log_v, -np.inf).max(axis=1)
+            # At g = (1 - sum(lower)) / sum(v) every weight is <= lower + g v: the sum is <= 1.
+            spare = max(1.0 - float(lo.sum()), 1e-300)
+            log_low = np.log(spare) - np.log(np.maximum(np.exp(log_v).sum(axis=1), 1.0))
+
+            def scale(log_g: FloatArray) -> FloatArray:
+                with np.errstate(over="ignore"):  # exp -> inf is clipped to the upper bound
+                    return np.clip(np.exp(log_v + log_g[:, None]), lo, hi)  # type: ignore[no-any-return]
+
+            out[reachable] = bisect(scale, log_low, np.maximum(log_high, log_low))
         if (~reachable).any():
             vu = v[~reachable]
-            span = np.abs(vu).max(axis=1) + 2.0
-            out[~reachable] = bisect(lambda t: np.clip(vu - t[:, None], lo, hi), -span, span)
+            # clip(v + s) with s in [0, max(upper)]. (Fix: the former clip(v - t) decreases in t
+            # while ``bisect`` assumes an increasing sum, so it ran to an end of its bracket and
+            # the row was then spread by the residual step below, not projected.) At s = 0 the
+            # sum is at most the support's upper bounds plus the others' lower bounds, < 1 for
+            # these rows; at s = max(upper) every weight is at its upper bound, so the sum >= 1.
+            # The bracket no longer grows with the values, so huge ones keep full precision.
+            out[~reachable] = bisect(
+                lambda s: np.clip(vu + s[:, None], lo, hi),
+                np.zeros(len(vu)),
+                np.full(len(vu), float(hi.max())),
+            )
         # Bisection leaves an error near machine precision; absorb it where there is room.
         residual = 1.0 - out.sum(axis=1)
         room = np.where(residual[:, None] > 0, hi - out, out - lo)
+        # Never onto the zero weights of a scaled row (fix: they received ~1e-17, so sparse rows
+        # lost exact zeros); its support has room for the residual, which is what made it
+        # ``reachable``.
+        room = np.where(reachable[:, None] & (v == 0), 0.0, room)
         share = room / np.maximum(room.sum(axis=1, keepdims=True), 1e-300)
         return np.clip(out + residual[:, None] * share, lo, hi)  # type: ignore[no-any-return]
 

@@ -20,7 +20,8 @@ def register(cls: type[Mixer]) -> type[Mixer]:
 
 def _load_builtin() -> None:
     # Imported for their @register side effect; late so that registry has no import cycle.
-    import mixers.offline  # noqa: F401
+    import mixers.offline
+    import mixers.online  # noqa: F401
 
 
 def get_method(mode: Mode, name: str) -> type[Mixer]:

@@ -377,3 +377,134 @@ class Problem(_Reply):
     status: int
     detail: str
     errors: list[ProblemError] | None = None
+
+
+# --- fits (offline) ----------------------------------------------------------------------------
+
+FitModel = Literal["auto", "lightgbm", "linear", "loglinear", "mixing_law", "gp"]
+
+
+class FitRequest(_Body):
+    model: Name = Field(default="auto", description="auto, or a regressor name (see /methods)")
+    request_id: RequestId | None = None
+
+
+class CvScores(_Reply):
+    folds: int
+    spearman: float | None = None
+    pearson: float | None = None
+    mae: float | None = None
+    r2: float | None = None
+
+
+class Candidate(_Reply):
+    model: str
+    spearman: float | None = None
+
+
+class Noise(_Reply):
+    replicate_groups: int = 0
+    std: float | None = None
+
+
+class OutOfFold(_Reply):
+    run_id: str
+    actual: float
+    predicted: float
+
+
+class FitReport(_Reply):
+    id: str
+    experiment_id: str | None = None
+    model: str
+    requested: str
+    n_runs: int
+    fitted_at: datetime
+    cv: CvScores
+    candidates: list[Candidate] = Field(default_factory=list)
+    importance: dict[str, float] = Field(default_factory=dict)
+    noise: Noise = Field(default_factory=Noise)
+    oof: list[OutOfFold] = Field(default_factory=list)
+
+
+class Predicted(_Reply):
+    value: float
+    low: float
+    high: float
+
+
+class MixtureIn(_Body):
+    weights: dict[Name, NonNegativeFloat]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PredictRequest(_Body):
+    mixtures: list[MixtureIn] = Field(min_length=1, max_length=10_000)
+
+
+class PredictionList(_Reply):
+    items: list[Predicted]
+
+
+class Baseline(_Reply):
+    weights: dict[str, float]
+    params: dict[str, Any] = Field(default_factory=dict)
+    predicted: Predicted | None = None
+
+
+class Alternative(_Reply):
+    weights: dict[str, float]
+    params: dict[str, Any] = Field(default_factory=dict)
+    predicted: Predicted
+
+
+class Recommendation(_Reply):
+    weights: dict[str, float]
+    params: dict[str, Any] = Field(default_factory=dict)
+    predicted: Predicted | None = None
+    baseline: Baseline | None = None
+    p_better_than_baseline: float | None = None
+    alternatives: list[Alternative] = Field(default_factory=list)
+    fit_id: str | None = None
+    model: str | None = None
+    n_runs: int | None = None
+    search: dict[str, Any] = Field(default_factory=dict)
+    run_id: str | None = Field(default=None, description="online: the run the weights come from")
+
+
+# --- online ------------------------------------------------------------------------------------
+
+
+class OnlineRunCreate(_Body):
+    """Start a training run of an online experiment."""
+
+    name: Name
+    total_steps: int | None = Field(default=None, ge=1, le=MAX_STEP)
+    tags: Tags = Field(default_factory=dict)
+    request_id: RequestId | None = None
+
+
+class Weights(_Reply):
+    run_id: str
+    weights: dict[str, float]
+    version: int
+    step: int
+    train_steps: int | None = None
+    phase: str = "exploit"
+
+
+class WeightsVersion(Weights):
+    created_at: datetime | None = None
+    superseded: bool = False
+
+
+class Feedback(_Body):
+    step: int = Field(ge=0, le=MAX_STEP, description="global step at which the segment ended")
+    version: int | None = Field(default=None, ge=1, description="weights version trained on")
+    train_losses: dict[Name, FiniteFloat] = Field(default_factory=dict)
+    eval_losses: dict[Name, FiniteFloat] = Field(default_factory=dict)
+    tokens: dict[Name, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+
+
+class ResumeRequest(_Body):
+    step: int = Field(ge=0, le=MAX_STEP)

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mixopt import __version__, schemas
 from mixopt.settings import Settings
-from service.api.routes import experiments, ops, runs, tokens
+from service.api.routes import experiments, online, ops, runs, tokens
 from service.auth import Authenticator
 from service.middleware import BodyLimitMiddleware, RequestMetrics, RequestMetricsMiddleware
 from service.operations import Operations
@@ -64,6 +64,7 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(experiments.router)
     api.include_router(runs.router)
+    api.include_router(online.router)
     api.include_router(tokens.router)
     app.include_router(api)
     app.include_router(ops.router)
@@ -79,9 +80,13 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
             document = original_openapi()
             components = document.setdefault("components", {})
             assert isinstance(components, dict)
-            components.setdefault("schemas", {})["Problem"] = schemas.Problem.model_json_schema(
-                ref_template="#/components/schemas/{model}"
-            )
+            known = components.setdefault("schemas", {})
+            # Problem documents every error; the run bodies are referenced by a oneOf that
+            # FastAPI does not see (the body is validated against the experiment's mode).
+            for model in (schemas.Problem, schemas.RunImport, schemas.OnlineRunCreate):
+                found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                known.update(found.pop("$defs", {}))
+                known[model.__name__] = found
             components.setdefault("securitySchemes", {})["bearer"] = {
                 "type": "http",
                 "scheme": "bearer",

@@ -14,12 +14,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from mixers import DomainSpace, Observation, OfflineMixer, get_method
 from mixers.base import MethodConfig, Mixer
+from mixers.online import Feedback, OnlineMixer
 from mixopt import schemas
-from mixopt.errors import Conflict, Gone, InvalidInput
+from mixopt.errors import Conflict, ErrorItem, Gone, InvalidInput
 from service.store import ExperimentRecord, NewExperiment, NewRun, RunRecord, Store
+from service.store.base import StaleVersion, WeightsRecord
 
 __all__ = ["Operations", "objective_value", "space_of"]
 
@@ -163,6 +166,28 @@ class Operations:
             for run in self.store.iter_runs(experiment.id)
         ]
 
+    def add_run(self, experiment_id: str, payload: Mapping[str, Any]) -> tuple[RunRecord, bool]:
+        """``POST /experiments/{id}/runs``: the body's schema depends on the experiment's mode."""
+        experiment = self.store.get_experiment(experiment_id)
+        model: type[schemas.RunImport] | type[schemas.OnlineRunCreate] = (
+            schemas.RunImport if experiment.mode == "offline" else schemas.OnlineRunCreate
+        )
+        try:
+            body = model.model_validate(payload)
+        except ValidationError as exc:
+            hint = (
+                "offline experiments import runs with their weights"
+                if experiment.mode == "offline"
+                else 'online experiments start training runs: {"name": ..., "total_steps": ...}'
+            )
+            raise InvalidInput(
+                f"invalid {model.__name__} body ({hint})",
+                [ErrorItem(("body", *e["loc"]), e["msg"]) for e in exc.errors()],
+            ) from None
+        if isinstance(body, schemas.OnlineRunCreate):
+            return self.start_online_run(experiment_id, body)
+        return self.import_run(experiment_id, body)
+
     def import_run(self, experiment_id: str, body: schemas.RunImport) -> tuple[RunRecord, bool]:
         experiment = self._offline(experiment_id)
         space_of(experiment).validate_weights(body.weights, loc=("body", "weights"))
@@ -187,6 +212,135 @@ class Operations:
         experiment = self.store.get_experiment(experiment_id)
         runs = list(self.store.iter_runs(experiment_id))
         return _csv_rows(experiment, runs)
+
+    # --- online runs ---
+
+    def _online_mixer(self, experiment: ExperimentRecord) -> tuple[OnlineMixer, MethodConfig]:
+        mixer, config = _mixer(experiment)
+        assert isinstance(mixer, OnlineMixer)
+        return mixer, config
+
+    def start_online_run(
+        self, experiment_id: str, body: schemas.OnlineRunCreate
+    ) -> tuple[RunRecord, bool]:
+        experiment = self.store.get_experiment(experiment_id)
+        if experiment.mode != "online":
+            raise InvalidInput.at(
+                ("body",),
+                f"experiment {experiment_id} is offline: import a run with its weights",
+            )
+        mixer, config = self._online_mixer(experiment)
+        space = space_of(experiment)
+        state = mixer.init_state(space, config.seed or 0)
+        decision = mixer.decide(space, state)
+        return self.store.start_online_run(
+            experiment_id,
+            name=body.name,
+            total_steps=body.total_steps,
+            tags=body.tags,
+            request_id=body.request_id,
+            state=state,
+            weights=space.to_dict(decision.weights),
+            phase=decision.phase,
+            train_steps=decision.train_steps,
+        )
+
+    def feedback(self, run_id: str, body: schemas.Feedback) -> WeightsRecord:
+        """Fold one segment into the run's mixer state, exactly once, whichever replica answers.
+
+        Compare-and-swap on the state's version: a replica that lost the race re-reads the new
+        state and applies the feedback to it. A feedback already recorded for this step is
+        answered with the current weights (same body) or 409 (another body).
+        """
+        recorded = body.model_dump(mode="json")
+        for _ in range(50):
+            earlier = self.store.live_feedback(run_id, body.step)
+            if earlier is not None:
+                if earlier != recorded:
+                    raise Conflict(
+                        f"feedback for step {body.step} was already recorded with another body"
+                    )
+                return self.store.get_weights(run_id)
+            current = self.store.online_state(run_id)
+            if current.frozen:
+                raise Conflict(f"run {run_id} is completed; its mixer state is frozen")
+            experiment = self.store.get_experiment(current.experiment_id)
+            space = space_of(experiment)
+            _check_domains(space, body)
+            mixer, _ = self._online_mixer(experiment)
+            feedback = Feedback(
+                step=body.step,
+                train_losses=body.train_losses,
+                eval_losses=body.eval_losses,
+                tokens=body.tokens,
+                version=body.version,
+            )
+            state = mixer.observe(space, current.state, feedback)
+            decision = mixer.decide(space, state)
+            try:
+                return self.store.apply_feedback(
+                    run_id,
+                    expected_version=current.version,
+                    step=body.step,
+                    body=recorded,
+                    state=state,
+                    weights=space.to_dict(decision.weights),
+                    phase=decision.phase,
+                    train_steps=decision.train_steps,
+                )
+            except StaleVersion:
+                continue
+        raise Conflict(f"run {run_id}: too many concurrent updates; retry")
+
+    def recommendation(self, experiment_id: str) -> schemas.Recommendation:
+        """Offline: the latest fit's stored recommendation (no search here). Online: the weights
+        to reuse for a fresh run."""
+        experiment = self.store.get_experiment(experiment_id)
+        if experiment.mode == "online":
+            return self.online_recommendation(experiment)
+        latest = self.store.latest_fit(experiment_id)
+        if latest is None or latest[0].recommendation is None:
+            raise Conflict(f"experiment {experiment_id} has no fit yet: POST .../fit first")
+        fit = latest[0]
+        assert fit.recommendation is not None
+        return schemas.Recommendation.model_validate(
+            {**fit.recommendation, "fit_id": fit.id, "model": fit.model, "n_runs": fit.n_runs}
+        )
+
+    def online_recommendation(self, experiment: ExperimentRecord) -> schemas.Recommendation:
+        """The weights to reuse for a fresh run, from the latest completed training run."""
+        completed = self.store.list_runs(experiment.id, status="completed", limit=1000)
+        runs = completed.items
+        while completed.next_cursor is not None:
+            completed = self.store.list_runs(
+                experiment.id, status="completed", limit=1000, cursor=completed.next_cursor
+            )
+            runs += completed.items
+        if not runs:
+            raise Conflict(f"experiment {experiment.id} has no completed training run yet")
+        latest = max(runs, key=lambda r: r.updated_at)
+        mixer, _ = self._online_mixer(experiment)
+        space = space_of(experiment)
+        state = self.store.online_state(latest.id).state
+        return schemas.Recommendation(
+            weights=space.to_dict(mixer.recommend(space, state)), run_id=latest.id
+        )
+
+
+def _check_domains(space: DomainSpace, body: schemas.Feedback) -> None:
+    known = set(space.names)
+    errors = [
+        ErrorItem(("body", field, name), f"unknown domain {name!r}")
+        for field, values in (
+            ("train_losses", body.train_losses),
+            ("eval_losses", body.eval_losses),
+            ("tokens", body.tokens),
+        )
+        for name in values
+        if name not in known
+    ]
+    if errors:
+        raise InvalidInput("feedback names domains the experiment does not have", errors)
 
 
 def _methods_of(mode: str) -> list[type[Mixer]]:

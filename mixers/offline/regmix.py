@@ -46,15 +46,31 @@ class RegMixConfig(MethodConfig):
 
 
 def _distinct(rows: FloatArray, existing: FloatArray, tol: float = 1e-5) -> FloatArray:
-    """Rows not within L1 distance ``tol`` of each other or of ``existing``, in order."""
-    kept: list[FloatArray] = []
-    reference = [existing] if len(existing) else []
-    for row in rows:
-        pool = [*reference, np.array(kept)] if kept else reference
-        if any(len(p) and np.abs(p - row).sum(axis=1).min() <= tol for p in pool):
+    """Rows not within L1 distance ``tol`` of each other or of ``existing``, in order.
+
+    Two rows that close also lie within ``tol`` along any direction ``u`` with all |u_i| <= 1
+    (|u . (x - y)| <= |x - y|_1), so each row is compared only with the kept rows inside that
+    window of the sorted projections. (Fix: the former loop rebuilt an array of every kept row
+    for each candidate, quadratic copying that made a design of 1000 mixtures take ~6 s.)
+    """
+    k = rows.shape[1]
+    pool = np.vstack([existing.reshape(-1, k), rows])
+    first = len(pool) - len(rows)
+    key = pool @ np.linspace(-1.0, 1.0, k)
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    reach = tol + 1e-12  # and the rounding of the projections
+    starts = np.searchsorted(ordered, key - reach, side="left")
+    ends = np.searchsorted(ordered, key + reach, side="right")
+    kept = np.zeros(len(pool), dtype=bool)
+    kept[:first] = True
+    for j in range(first, len(pool)):
+        near = order[starts[j] : ends[j]]
+        near = near[kept[near]]  # existing rows and the earlier rows kept so far
+        if len(near) and np.abs(pool[near] - pool[j]).sum(axis=1).min() <= tol:
             continue
-        kept.append(row)
-    return np.array(kept).reshape(-1, rows.shape[1])
+        kept[j] = True
+    return rows[kept[first:]]
 
 
 def dirichlet_design(
@@ -75,6 +91,12 @@ def dirichlet_design(
 
     chosen = np.empty((0, k))
     for attempt in range(8):
+        if attempt == 4:
+            # Fix: when the tempered prior lies far outside the bounds (say a domain holding
+            # 99.998% of the prior capped at 0.2), nearly every sample projects onto the same
+            # vertex and a request for 32 got 5 mixtures. With the rejection, relax the centre
+            # too: the prior moved into the bounds (a no-op when it is inside already).
+            centre = space.project(centre)[0]
         n = max(count * cfg.sample_multiplier, 64)
         scales = rng.choice(ladder, size=n)
         # Tiny concentrations underflow to all-zero rows; a floor keeps every row drawable.
@@ -94,7 +116,36 @@ def dirichlet_design(
         chosen = np.vstack([chosen, fresh])
         if len(chosen) >= count:
             break
+    chosen = _fill_by_mixing(space, chosen, existing, count, rng)
     return _cover_small_domains(space, chosen, existing, rng, cfg)
+
+
+def _fill_by_mixing(
+    space: DomainSpace,
+    chosen: FloatArray,
+    existing: FloatArray,
+    count: int,
+    rng: np.random.Generator,
+) -> FloatArray:
+    """Top ``chosen`` up to ``count`` rows with random convex combinations of mixtures in the space.
+
+    Fix: in a narrow space (say web within [0.47, 0.50] of two domains) the projection puts most
+    samples on the same few vertices, and a request for 100 mixtures got 95, or 29. Mixtures on
+    the segment between two mixtures in the (convex) bounded simplex are in it too. A last
+    resort only: a design that already has ``count`` rows is returned untouched.
+    """
+    inside = existing[space.contains(existing)] if len(existing) else existing
+    for _ in range(8):
+        need = count - len(chosen)
+        pool = np.vstack([chosen, inside])
+        if need <= 0 or len(pool) < 2:
+            break
+        pairs = rng.integers(0, len(pool), size=(4 * need, 2))
+        mix = rng.random((4 * need, 1))
+        candidates = space.project(mix * pool[pairs[:, 0]] + (1 - mix) * pool[pairs[:, 1]])
+        candidates = candidates[space.contains(candidates)]
+        chosen = np.vstack([chosen, _distinct(candidates, np.vstack([existing, chosen]))[:need]])
+    return chosen
 
 
 def _cover_small_domains(
@@ -112,20 +163,34 @@ def _cover_small_domains(
     """
     if len(chosen) == 0:
         return chosen
-    seen = np.vstack([existing, chosen])
     share_floor = max(10 * cfg.min_share, 1e-3)
-    missing = [
-        i
-        for i in range(space.k)
-        if space.upper[i] >= share_floor and not np.any(seen[:, i] >= share_floor)
-    ]
-    rows = rng.permutation(len(chosen))
-    for slot, i in enumerate(missing[: len(chosen)]):
-        row = chosen[rows[slot]].copy()
-        share = min(space.upper[i], max(0.5 / space.k, 3 * space.prior[i]))
-        row = (1 - share) * row
-        row[i] += share
-        chosen[rows[slot]] = space.project(row)[0]
+    free = 1.0 - float(space.lower.sum())
+    # The most each domain can hold: its upper bound, or all the mass the lower bounds leave.
+    reach = np.minimum(space.upper, space.lower + free)
+    # Fix: a domain whose bound (often a repetition cap) lies between 1e-3 and the floor (2e-3
+    # by default) was skipped, so a tiny domain capped there never had a real share. The target
+    # is now the floor or, when lower, what the domain can hold.
+    target = np.minimum(share_floor, reach) * (1 - 1e-9)
+    for _ in range(3):  # again if covering one domain took the only real share of another
+        seen = np.vstack([existing, chosen])
+        missing = [
+            i for i in range(space.k) if reach[i] >= 1e-3 and not np.any(seen[:, i] >= target[i])
+        ]
+        if not missing:
+            break
+        rows = rng.permutation(len(chosen))
+        for slot, i in enumerate(missing[: len(chosen)]):
+            row = chosen[rows[slot]]
+            share = min(reach[i], max(0.5 / space.k, 3 * space.prior[i], share_floor))
+            # Fix: move the row towards the point where domain i holds all the free mass, just
+            # far enough that it holds ``share``. The other weights shrink towards their lower
+            # bounds, so the row stays within the bounds. (Scaling them by 1 - share pushed
+            # weights at a lower bound below it; projecting back then cut the new share to
+            # below its target, 0.000999 for a cap of 0.001.)
+            vertex = space.lower.copy()
+            vertex[i] += free
+            step = (share - row[i]) / (vertex[i] - row[i])
+            chosen[rows[slot]] = space.project(row + step * (vertex - row))[0]
     return chosen
 
 

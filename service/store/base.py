@@ -14,13 +14,17 @@ from typing import Any, Generic, Literal, TypeVar
 
 __all__ = [
     "ExperimentRecord",
+    "FitRecord",
     "NewExperiment",
     "NewRun",
+    "OnlineState",
     "Page",
     "PointRecord",
     "RunRecord",
+    "StaleVersion",
     "Store",
     "TokenRecord",
+    "WeightsRecord",
 ]
 
 Status = Literal["pending", "running", "completed", "failed"]
@@ -110,6 +114,47 @@ class TokenRecord:
 
     def usable(self, now: datetime) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+@dataclass(frozen=True)
+class WeightsRecord:
+    """One version of an online run's weights."""
+
+    run_id: str
+    version: int
+    step: int
+    weights: dict[str, float]
+    phase: str
+    train_steps: int | None
+    created_at: datetime
+    superseded: bool = False
+
+
+@dataclass(frozen=True)
+class OnlineState:
+    """An online run's mixer state as of ``version`` (compare-and-swap on it)."""
+
+    run_id: str
+    experiment_id: str
+    version: int
+    state: dict[str, Any]
+    frozen: bool
+
+
+@dataclass(frozen=True)
+class FitRecord:
+    id: str
+    experiment_id: str
+    model: str
+    requested: str
+    n_runs: int
+    report: dict[str, Any]
+    recommendation: dict[str, Any] | None
+    fitted_at: datetime
+
+
+class StaleVersion(Exception):
+    """The state moved on since it was read: re-read and apply again (not a user error)."""
 
 
 class Store(ABC):
@@ -246,3 +291,86 @@ class Store(ABC):
     @abstractmethod
     def revoke_token(self, token_id: str) -> TokenRecord:
         """Idempotent."""
+
+    # --- online runs ---
+    @abstractmethod
+    def start_online_run(
+        self,
+        experiment_id: str,
+        *,
+        name: str,
+        total_steps: int | None,
+        tags: Mapping[str, str],
+        request_id: str | None,
+        state: Mapping[str, Any],
+        weights: Mapping[str, float],
+        phase: str,
+        train_steps: int | None,
+    ) -> tuple[RunRecord, bool]:
+        """Create a running training run with version 1 of its state and weights; idempotent on
+        ``request_id`` (returns the first run and False)."""
+
+    @abstractmethod
+    def online_state(self, run_id: str) -> OnlineState:
+        """``NotFound`` for unknown runs and for runs that are not online."""
+
+    @abstractmethod
+    def get_weights(self, run_id: str, at_step: int | None = None) -> WeightsRecord:
+        """The current weights, or those in effect at ``at_step``."""
+
+    @abstractmethod
+    def weights_history(
+        self, run_id: str, *, limit: int, cursor: str | None
+    ) -> Page[WeightsRecord]:
+        """Every version, oldest first, superseded ones included."""
+
+    @abstractmethod
+    def live_feedback(self, run_id: str, step: int) -> dict[str, Any] | None:
+        """The body of the feedback recorded at ``step`` (not superseded), if any."""
+
+    @abstractmethod
+    def apply_feedback(
+        self,
+        run_id: str,
+        *,
+        expected_version: int,
+        step: int,
+        body: Mapping[str, Any],
+        state: Mapping[str, Any],
+        weights: Mapping[str, float],
+        phase: str,
+        train_steps: int | None,
+    ) -> WeightsRecord:
+        """Record the feedback and move the state from ``expected_version`` to the next, in one
+        transaction. ``StaleVersion`` if the state moved; ``Conflict`` if a feedback for
+        ``step`` exists or the run is frozen."""
+
+    @abstractmethod
+    def resume(self, run_id: str, step: int) -> WeightsRecord:
+        """Return the state to the version in effect at ``step`` as a new version; feedback and
+        versions after ``step`` are marked superseded."""
+
+    # --- fits ---
+    @abstractmethod
+    def add_fit(
+        self,
+        experiment_id: str,
+        *,
+        model: str,
+        requested: str,
+        n_runs: int,
+        report: Mapping[str, Any],
+        recommendation: Mapping[str, Any] | None,
+        blob: bytes | None,
+    ) -> FitRecord: ...
+
+    @abstractmethod
+    def get_fit(self, fit_id: str) -> FitRecord: ...
+
+    @abstractmethod
+    def list_fits(self, experiment_id: str, *, limit: int, cursor: str | None) -> Page[FitRecord]:
+        """Newest first."""
+
+    @abstractmethod
+    def latest_fit(self, experiment_id: str) -> tuple[FitRecord, bytes | None] | None:
+        """The newest fit with its model blob, or None before any fit."""

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -198,7 +199,11 @@ class WeightVersionRow(Base):
     phase: Mapped[str] = mapped_column(String(32))
     train_steps: Mapped[int | None] = mapped_column(BigInteger)
     state: Mapped[dict[str, Any]]
+    # A resume at step S supersedes the versions that applied after S; they stay in history.
+    superseded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_weight_versions_run_step", "run_id", "step"),)
 
 
 class FeedbackRow(Base):

@@ -39,16 +39,29 @@ from mixopt.settings import normalise_database_url
 from service.store import schema
 from service.store.base import (
     ExperimentRecord,
+    FitRecord,
     NewExperiment,
     NewRun,
+    OnlineState,
     Page,
     PointRecord,
     RunRecord,
+    StaleVersion,
     Store,
     TokenRecord,
+    WeightsRecord,
 )
 from service.store.cursor import decode_cursor, encode_cursor
-from service.store.models import ApiToken, ExperimentRow, MetricPointRow, RunRow
+from service.store.models import (
+    ApiToken,
+    ExperimentRow,
+    FeedbackRow,
+    FitRow,
+    MetricPointRow,
+    MixerStateRow,
+    RunRow,
+    WeightVersionRow,
+)
 
 __all__ = ["SqlStore", "hash_token", "make_engine", "utcnow"]
 
@@ -482,7 +495,8 @@ class SqlStore(Store):
         eid = _parse_id(experiment_id, "experiment")
         now = self._clock()
         with self._write() as conn:
-            self._active_experiment(conn, eid)
+            if self._active_experiment(conn, eid).mode != "offline":
+                raise Conflict(f"experiment {eid} is online: its runs are not claimed")
             self._expire(conn, now, eid)
             query = (
                 select(RunRow.id)
@@ -562,6 +576,12 @@ class SqlStore(Store):
                     lease_expires_at=None,
                     updated_at=now,
                 )
+            )
+            # An online run's mixer state is frozen with it (no-op for offline runs).
+            conn.execute(
+                update(MixerStateRow)
+                .where(MixerStateRow.run_id == rid)
+                .values(frozen=True, updated_at=now)
             )
             return self._run(self._load_run(conn, rid))
 
@@ -754,3 +774,391 @@ class SqlStore(Store):
         if row is None:
             raise NotFound(f"token {tid} not found")
         return self._token(row)
+
+    # --- online runs --------------------------------------------------------------------------
+
+    @staticmethod
+    def _weights(row: Row[Any]) -> WeightsRecord:
+        return WeightsRecord(
+            run_id=str(row.run_id),
+            version=row.version,
+            step=row.step,
+            weights=row.weights,
+            phase=row.phase,
+            train_steps=row.train_steps,
+            created_at=row.created_at,
+            superseded=row.superseded,
+        )
+
+    def start_online_run(
+        self,
+        experiment_id: str,
+        *,
+        name: str,
+        total_steps: int | None,
+        tags: Mapping[str, str],
+        request_id: str | None,
+        state: Mapping[str, Any],
+        weights: Mapping[str, float],
+        phase: str,
+        train_steps: int | None,
+    ) -> tuple[RunRecord, bool]:
+        eid = _parse_id(experiment_id, "experiment")
+        now = self._clock()
+        try:
+            with self._write() as conn:
+                self._active_experiment(conn, eid)
+                if request_id is not None:
+                    earlier = self._runs_by_request(conn, eid, request_id)
+                    if earlier is not None:
+                        return earlier[0], False
+                values = {
+                    **self._run_values(NewRun(weights, tags=tags, status="running"), eid, now),
+                    "name": name,
+                    "total_steps": total_steps,
+                    "request_id": request_id,
+                    "request_index": 0 if request_id is not None else None,
+                }
+                run_id = conn.execute(
+                    insert(RunRow).values(**values).returning(RunRow.id)
+                ).scalar_one()
+                conn.execute(
+                    insert(MixerStateRow).values(
+                        run_id=run_id, version=1, state=dict(state), frozen=False, updated_at=now
+                    )
+                )
+                conn.execute(
+                    insert(WeightVersionRow).values(
+                        run_id=run_id,
+                        version=1,
+                        step=0,
+                        weights=dict(weights),
+                        phase=phase,
+                        train_steps=train_steps,
+                        state=dict(state),
+                        superseded=False,
+                        created_at=now,
+                    )
+                )
+                return self._run(self._load_run(conn, run_id)), True
+        except IntegrityError:
+            if request_id is None:
+                raise
+            with self._read() as conn:  # a concurrent retry with this request_id won
+                earlier = self._runs_by_request(conn, eid, request_id)
+            if earlier is None:
+                raise
+            return earlier[0], False
+
+    def _online_state(self, conn: Connection, rid: int) -> Row[Any]:
+        row: Row[Any] | None = conn.execute(
+            select(
+                MixerStateRow.version,
+                MixerStateRow.state,
+                MixerStateRow.frozen,
+                RunRow.experiment_id,
+            )
+            .join(RunRow, RunRow.id == MixerStateRow.run_id)
+            .where(MixerStateRow.run_id == rid)
+        ).first()
+        if row is None:
+            self._load_run(conn, rid)  # NotFound for unknown runs
+            raise NotFound(f"run {rid} is not an online training run")
+        return row
+
+    def online_state(self, run_id: str) -> OnlineState:
+        rid = _parse_id(run_id, "run")
+        with self._read() as conn:
+            row = self._online_state(conn, rid)
+        return OnlineState(
+            run_id=str(rid),
+            experiment_id=str(row.experiment_id),
+            version=row.version,
+            state=row.state,
+            frozen=row.frozen,
+        )
+
+    def get_weights(self, run_id: str, at_step: int | None = None) -> WeightsRecord:
+        rid = _parse_id(run_id, "run")
+        query = (
+            select(WeightVersionRow)
+            .where(WeightVersionRow.run_id == rid, WeightVersionRow.superseded.is_(False))
+            .order_by(WeightVersionRow.version.desc())
+            .limit(1)
+        )
+        if at_step is not None:
+            query = query.where(WeightVersionRow.step <= at_step)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+            if row is None:
+                self._online_state(conn, rid)  # NotFound unless it is an online run
+                raise NotFound(f"run {rid} has no weights at step {at_step}")
+        return self._weights(row)
+
+    def weights_history(
+        self, run_id: str, *, limit: int, cursor: str | None
+    ) -> Page[WeightsRecord]:
+        rid = _parse_id(run_id, "run")
+        query = (
+            select(WeightVersionRow)
+            .where(WeightVersionRow.run_id == rid)
+            .order_by(WeightVersionRow.version)
+            .limit(limit + 1)
+        )
+        if cursor is not None:
+            (after,) = decode_cursor(cursor, (int,))
+            query = query.where(WeightVersionRow.version > after)
+        with self._read() as conn:
+            self._online_state(conn, rid)
+            rows = conn.execute(query).all()
+        page = rows[:limit]
+        next_cursor = encode_cursor([page[-1].version]) if len(rows) > limit else None
+        return Page([self._weights(r) for r in page], next_cursor)
+
+    def live_feedback(self, run_id: str, step: int) -> dict[str, Any] | None:
+        rid = _parse_id(run_id, "run")
+        with self._read() as conn:
+            body = conn.execute(
+                select(FeedbackRow.body).where(
+                    FeedbackRow.run_id == rid,
+                    FeedbackRow.step == step,
+                    FeedbackRow.superseded.is_(False),
+                )
+            ).scalar()
+        return body
+
+    def apply_feedback(
+        self,
+        run_id: str,
+        *,
+        expected_version: int,
+        step: int,
+        body: Mapping[str, Any],
+        state: Mapping[str, Any],
+        weights: Mapping[str, float],
+        phase: str,
+        train_steps: int | None,
+    ) -> WeightsRecord:
+        rid = _parse_id(run_id, "run")
+        now = self._clock()
+        new_version = expected_version + 1
+        try:
+            with self._write() as conn:
+                moved = conn.execute(
+                    update(MixerStateRow)
+                    .where(
+                        MixerStateRow.run_id == rid,
+                        MixerStateRow.version == expected_version,
+                        MixerStateRow.frozen.is_(False),
+                    )
+                    .values(version=new_version, state=dict(state), updated_at=now)
+                ).rowcount
+                if moved != 1:
+                    current = self._online_state(conn, rid)
+                    if current.frozen:
+                        raise Conflict(f"run {rid} is completed; its mixer state is frozen")
+                    raise StaleVersion(f"run {rid} is at version {current.version}")
+                conn.execute(
+                    insert(FeedbackRow).values(
+                        run_id=rid,
+                        step=step,
+                        version=body.get("version"),
+                        body=dict(body),
+                        superseded=False,
+                        created_at=now,
+                    )
+                )
+                conn.execute(
+                    insert(WeightVersionRow).values(
+                        run_id=rid,
+                        version=new_version,
+                        step=step,
+                        weights=dict(weights),
+                        phase=phase,
+                        train_steps=train_steps,
+                        state=dict(state),
+                        superseded=False,
+                        created_at=now,
+                    )
+                )
+                conn.execute(
+                    update(RunRow)
+                    .where(RunRow.id == rid)
+                    .values(weights=dict(weights), updated_at=now)
+                )
+                row = conn.execute(
+                    select(WeightVersionRow).where(
+                        WeightVersionRow.run_id == rid, WeightVersionRow.version == new_version
+                    )
+                ).one()
+                return self._weights(row)
+        except IntegrityError as exc:
+            # Another replica recorded feedback for this step first (or took this version).
+            raise StaleVersion(f"run {rid}: concurrent feedback") from exc
+
+    def resume(self, run_id: str, step: int) -> WeightsRecord:
+        rid = _parse_id(run_id, "run")
+        now = self._clock()
+        with self._write() as conn:
+            current = conn.execute(
+                select(MixerStateRow).where(MixerStateRow.run_id == rid).with_for_update()
+            ).first()
+            if current is None:
+                self._online_state(conn, rid)
+                raise NotFound(f"run {rid} is not an online training run")
+            if current.frozen:
+                raise Conflict(f"run {rid} is completed; it cannot resume")
+            target = conn.execute(
+                select(WeightVersionRow)
+                .where(
+                    WeightVersionRow.run_id == rid,
+                    WeightVersionRow.superseded.is_(False),
+                    WeightVersionRow.step <= step,
+                )
+                .order_by(WeightVersionRow.version.desc())
+                .limit(1)
+            ).one()
+            conn.execute(
+                update(FeedbackRow)
+                .where(
+                    FeedbackRow.run_id == rid,
+                    FeedbackRow.step > step,
+                    FeedbackRow.superseded.is_(False),
+                )
+                .values(superseded=True)
+            )
+            conn.execute(
+                update(WeightVersionRow)
+                .where(
+                    WeightVersionRow.run_id == rid,
+                    WeightVersionRow.version > target.version,
+                    WeightVersionRow.superseded.is_(False),
+                )
+                .values(superseded=True)
+            )
+            new_version = current.version + 1
+            conn.execute(
+                update(MixerStateRow)
+                .where(MixerStateRow.run_id == rid)
+                .values(version=new_version, state=target.state, updated_at=now)
+            )
+            conn.execute(
+                insert(WeightVersionRow).values(
+                    run_id=rid,
+                    version=new_version,
+                    step=step,
+                    weights=target.weights,
+                    phase=target.phase,
+                    train_steps=target.train_steps,
+                    state=target.state,
+                    superseded=False,
+                    created_at=now,
+                )
+            )
+            conn.execute(
+                update(RunRow)
+                .where(RunRow.id == rid)
+                .values(weights=target.weights, updated_at=now)
+            )
+            row = conn.execute(
+                select(WeightVersionRow).where(
+                    WeightVersionRow.run_id == rid, WeightVersionRow.version == new_version
+                )
+            ).one()
+            return self._weights(row)
+
+    # --- fits ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _fit(row: Row[Any]) -> FitRecord:
+        return FitRecord(
+            id=str(row.id),
+            experiment_id=str(row.experiment_id),
+            model=row.model,
+            requested=row.requested,
+            n_runs=row.n_runs,
+            report=row.report,
+            recommendation=row.recommendation,
+            fitted_at=row.fitted_at,
+        )
+
+    _FIT_COLUMNS = (
+        FitRow.id,
+        FitRow.experiment_id,
+        FitRow.model,
+        FitRow.requested,
+        FitRow.n_runs,
+        FitRow.report,
+        FitRow.recommendation,
+        FitRow.fitted_at,
+    )
+
+    def add_fit(
+        self,
+        experiment_id: str,
+        *,
+        model: str,
+        requested: str,
+        n_runs: int,
+        report: Mapping[str, Any],
+        recommendation: Mapping[str, Any] | None,
+        blob: bytes | None,
+    ) -> FitRecord:
+        eid = _parse_id(experiment_id, "experiment")
+        with self._write() as conn:
+            self._load_experiment(conn, eid)
+            row = conn.execute(
+                insert(FitRow)
+                .values(
+                    experiment_id=eid,
+                    model=model,
+                    requested=requested,
+                    n_runs=n_runs,
+                    report=dict(report),
+                    recommendation=dict(recommendation) if recommendation is not None else None,
+                    model_blob=blob,
+                    fitted_at=self._clock(),
+                )
+                .returning(*self._FIT_COLUMNS)
+            ).one()
+        return self._fit(row)
+
+    def get_fit(self, fit_id: str) -> FitRecord:
+        fid = _parse_id(fit_id, "fit")
+        with self._read() as conn:
+            row = conn.execute(select(*self._FIT_COLUMNS).where(FitRow.id == fid)).first()
+        if row is None:
+            raise NotFound(f"fit {fid} not found")
+        return self._fit(row)
+
+    def list_fits(self, experiment_id: str, *, limit: int, cursor: str | None) -> Page[FitRecord]:
+        eid = _parse_id(experiment_id, "experiment")
+        query = (
+            select(*self._FIT_COLUMNS)
+            .where(FitRow.experiment_id == eid)
+            .order_by(FitRow.id.desc())
+            .limit(limit + 1)
+        )
+        if cursor is not None:
+            (before,) = decode_cursor(cursor, (int,))
+            query = query.where(FitRow.id < before)
+        with self._read() as conn:
+            self._load_experiment(conn, eid)
+            rows = conn.execute(query).all()
+        page = rows[:limit]
+        next_cursor = encode_cursor([page[-1].id]) if len(rows) > limit else None
+        return Page([self._fit(r) for r in page], next_cursor)
+
+    def latest_fit(self, experiment_id: str) -> tuple[FitRecord, bytes | None] | None:
+        eid = _parse_id(experiment_id, "experiment")
+        with self._read() as conn:
+            self._load_experiment(conn, eid)
+            row = conn.execute(
+                select(*self._FIT_COLUMNS, FitRow.model_blob)
+                .where(FitRow.experiment_id == eid)
+                .order_by(FitRow.id.desc())
+                .limit(1)
+            ).first()
+        if row is None:
+            return None
+        return self._fit(row), row.model_blob

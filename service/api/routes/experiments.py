@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Body, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from mixers import methods
@@ -71,16 +71,46 @@ def propose(experiment_id: str, body: schemas.ProposalRequest, ops: OpsDep) -> s
     return schemas.RunList(items=[run_out(r) for r in ops.propose(experiment_id, body)])
 
 
+# The body differs by the experiment's mode, so it is validated against the mode's schema in
+# Operations.add_run (errors then name the field, not a union member) and documented as oneOf.
+_RUN_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/RunImport"},
+                        {"$ref": "#/components/schemas/OnlineRunCreate"},
+                    ]
+                }
+            }
+        },
+    }
+}
+
+
 @router.post(
     "/experiments/{experiment_id}/runs",
     status_code=status.HTTP_201_CREATED,
     dependencies=[WriteDep],
-    responses={200: {"model": schemas.Run, "description": "the run with this external_id"}},
+    openapi_extra=_RUN_BODY_DOC,
+    responses={
+        200: {
+            "model": schemas.Run,
+            "description": "the run already stored under this external_id or request_id",
+        }
+    },
 )
-def import_run(
-    experiment_id: str, body: schemas.RunImport, ops: OpsDep, response: Response
+def add_run(
+    experiment_id: str,
+    body: Annotated[dict[str, Any], Body(include_in_schema=False)],
+    ops: OpsDep,
+    response: Response,
 ) -> schemas.Run:
-    record, created = ops.import_run(experiment_id, body)
+    """Offline: import a run someone else chose or trained (RunImport). Online: start a
+    training run (OnlineRunCreate)."""
+    record, created = ops.add_run(experiment_id, body)
     if not created:
         response.status_code = status.HTTP_200_OK
     return run_out(record)
@@ -129,3 +159,9 @@ def claim(
     if record is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return run_out(record)
+
+
+@router.get("/experiments/{experiment_id}/recommendation", dependencies=[ReadDep])
+def recommendation(experiment_id: str, ops: OpsDep) -> schemas.Recommendation:
+    """Offline: the latest fit's stored recommendation. Online: weights for a fresh run."""
+    return ops.recommendation(experiment_id)

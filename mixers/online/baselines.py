@@ -1,0 +1,81 @@
+"""``stratified`` and ``fixed``: the online baselines. They never move the weights, but they do
+the same bookkeeping as the learning mixers, so a baseline run is comparable to a real one."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from mixers.base import DomainSpace, MethodConfig
+from mixers.online.base import (
+    Decision,
+    Feedback,
+    OnlineConfig,
+    OnlineMixer,
+    State,
+    count_round,
+)
+from mixers.registry import register
+
+__all__ = ["FixedOnlineMixer", "StratifiedMixer"]
+
+
+class StratifiedConfig(OnlineConfig):
+    base: Literal["uniform", "prior"] = Field(
+        default="uniform", description="uniform 1/K, or the domains' prior (token share)"
+    )
+
+
+@register
+class StratifiedMixer(OnlineMixer):
+    name: ClassVar[str] = "stratified"
+    description: ClassVar[str] = (
+        "Static weights: uniform over the domains (or the prior with config.base = 'prior'), "
+        "projected into the bounds. The baseline every online mixer should beat."
+    )
+    Config: ClassVar[type[MethodConfig]] = StratifiedConfig
+
+    def _weights(self, space: DomainSpace) -> np.ndarray:
+        assert isinstance(self.config, StratifiedConfig)
+        raw = space.prior if self.config.base == "prior" else np.full(space.k, 1 / space.k)
+        weights: np.ndarray = space.project(raw)[0]
+        return weights
+
+    def init_state(self, space: DomainSpace, seed: int) -> State:
+        return {"rounds": 0, "tokens": {}}
+
+    def decide(self, space: DomainSpace, state: State) -> Decision:
+        assert isinstance(self.config, OnlineConfig)
+        return Decision(self._weights(space), self.config.segment_steps, "exploit")
+
+    def observe(self, space: DomainSpace, state: State, feedback: Feedback) -> State:
+        return count_round(state, feedback)
+
+
+class FixedOnlineConfig(OnlineConfig):
+    weights: dict[str, float] = Field(
+        description="the mixture, domain -> weight, summing to 1 and within the bounds"
+    )
+
+
+@register
+class FixedOnlineMixer(OnlineMixer):
+    name: ClassVar[str] = "fixed"
+    description: ClassVar[str] = "Train on config.weights throughout the run."
+    Config: ClassVar[type[MethodConfig]] = FixedOnlineConfig
+
+    def check_space(self, space: DomainSpace) -> None:
+        assert isinstance(self.config, FixedOnlineConfig)
+        space.validate_weights(self.config.weights, loc=("config", "weights"), enforce_bounds=True)
+
+    def init_state(self, space: DomainSpace, seed: int) -> State:
+        return {"rounds": 0, "tokens": {}}
+
+    def decide(self, space: DomainSpace, state: State) -> Decision:
+        assert isinstance(self.config, FixedOnlineConfig)
+        return Decision(space.to_array(self.config.weights), self.config.segment_steps, "exploit")
+
+    def observe(self, space: DomainSpace, state: State, feedback: Feedback) -> State:
+        return count_round(state, feedback)

@@ -1,0 +1,88 @@
+"""Online training runs: weights polls (ETag), history, feedback and resume."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from mixopt import schemas
+from service.api.deps import AuthenticatedRoute, OpsDep, ReadDep, StoreDep, WriteDep
+from service.problems import PROBLEM_RESPONSES
+from service.store.base import WeightsRecord
+
+router = APIRouter(
+    prefix="/runs", tags=["online"], responses=PROBLEM_RESPONSES, route_class=AuthenticatedRoute
+)
+
+
+def weights_out(record: WeightsRecord) -> schemas.Weights:
+    return schemas.Weights(
+        run_id=record.run_id,
+        weights=record.weights,
+        version=record.version,
+        step=record.step,
+        train_steps=record.train_steps,
+        phase=record.phase,
+    )
+
+
+def _etag(version: int) -> str:
+    return f'"{version}"'
+
+
+@router.get(
+    "/{run_id}/weights",
+    dependencies=[ReadDep],
+    response_model=schemas.Weights,
+    responses={304: {"description": "If-None-Match names the current version"}},
+)
+def get_weights(
+    run_id: str,
+    store: StoreDep,
+    response: Response,
+    at_step: Annotated[int | None, Query(ge=0, le=schemas.MAX_STEP)] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> schemas.Weights | Response:
+    """The current weights (a plain indexed read: no mixer maths on a poll)."""
+    record = store.get_weights(run_id, at_step)
+    etag = _etag(record.version)
+    if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
+        return Response(status_code=304, headers={"ETag": etag})
+    response.headers["ETag"] = etag
+    return weights_out(record)
+
+
+@router.get("/{run_id}/weights/history", dependencies=[ReadDep])
+def weights_history(
+    run_id: str,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> schemas.Page[schemas.WeightsVersion]:
+    page = store.weights_history(run_id, limit=limit, cursor=cursor)
+    items = [
+        schemas.WeightsVersion(
+            **weights_out(r).model_dump(), created_at=r.created_at, superseded=r.superseded
+        )
+        for r in page.items
+    ]
+    return schemas.Page(items=items, next_cursor=page.next_cursor)
+
+
+@router.post("/{run_id}/feedback", dependencies=[WriteDep])
+def feedback(
+    run_id: str, body: schemas.Feedback, ops: OpsDep, response: Response
+) -> schemas.Weights:
+    record = ops.feedback(run_id, body)
+    response.headers["ETag"] = _etag(record.version)
+    return weights_out(record)
+
+
+@router.post("/{run_id}/resume", dependencies=[WriteDep])
+def resume(
+    run_id: str, body: schemas.ResumeRequest, store: StoreDep, response: Response
+) -> schemas.Weights:
+    record = store.resume(run_id, body.step)
+    response.headers["ETag"] = _etag(record.version)
+    return weights_out(record)

@@ -27,6 +27,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     tuple_,
     update,
 )
@@ -660,15 +661,7 @@ class SqlStore(Store):
             self._load_run(conn, rid)
             if not unique:
                 return 0, 0
-            rows = [
-                {"run_id": rid, "name": n, "step": s, "value": v} for (n, s), v in unique.items()
-            ]
-            statement = (
-                self._insert(MetricPointRow)
-                .on_conflict_do_nothing(index_elements=["run_id", "name", "step"])
-                .returning(MetricPointRow.name, MetricPointRow.step)
-            )
-            inserted = {(n, s) for n, s in conn.execute(statement, rows).all()}
+            inserted = self._insert_points(conn, rid, unique)
             known = [key for key in unique if key not in inserted]
             for chunk in _chunks(known):
                 stored = conn.execute(
@@ -685,6 +678,37 @@ class SqlStore(Store):
                             f"not {unique[(name, step)]!r}"
                         )
             return len(unique), len(inserted)
+
+    def _insert_points(
+        self, conn: Connection, rid: int, points: dict[tuple[str, int], float]
+    ) -> set[tuple[str, int]]:
+        """Insert what is new; return the keys inserted (the rest were already stored)."""
+        if self._dialect == "postgresql":
+            # One statement over three arrays: far cheaper than a multi-row VALUES list.
+            names, steps = zip(*points, strict=True)
+            rows = conn.execute(
+                text(
+                    "INSERT INTO metric_points (run_id, name, step, value) "
+                    "SELECT :run_id, n, s, v FROM unnest("
+                    "CAST(:names AS varchar[]), CAST(:steps AS bigint[]), "
+                    "CAST(:values AS float8[])) AS t(n, s, v) "
+                    "ON CONFLICT (run_id, name, step) DO NOTHING RETURNING name, step"
+                ),
+                {
+                    "run_id": rid,
+                    "names": list(names),
+                    "steps": list(steps),
+                    "values": list(points.values()),
+                },
+            )
+            return {(n, s) for n, s in rows}
+        statement = (
+            self._insert(MetricPointRow)
+            .on_conflict_do_nothing(index_elements=["run_id", "name", "step"])
+            .returning(MetricPointRow.name, MetricPointRow.step)
+        )
+        values = [{"run_id": rid, "name": n, "step": s, "value": v} for (n, s), v in points.items()]
+        return {(n, s) for n, s in conn.execute(statement, values).all()}
 
     def list_metrics(
         self, run_id: str, *, name: str | None, limit: int, cursor: str | None

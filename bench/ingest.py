@@ -1,0 +1,173 @@
+"""Metric ingest through the service vs raw psycopg inserts of the same rows, on Postgres.
+
+    .venv/bin/python bench/ingest.py [--clients 32] [--batch 100] [--seconds 10]
+
+Starts ``mixopt serve`` (one process) on a fresh Postgres database, then 32 concurrent clients
+post batches of 100 points for 10 s: points/s and p50/p99 latency per batch. In the same run, the
+same number of threads insert the same kind of rows straight into the table with psycopg
+(``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING``, one commit per batch): the ceiling
+for a durable, idempotent append. Prints both and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+from sqlalchemy import create_engine, make_url, text
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mixopt.settings import normalise_database_url  # noqa: E402
+from service.store import SqlStore, schema  # noqa: E402
+from service.store.sql import make_engine  # noqa: E402
+from tests.servers import ServerProcess  # noqa: E402
+
+SERVER = os.environ.get("MIXOPT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def service_load(
+    url: str, token: str, run_ids: list[str], clients: int, batch: int, seconds: float
+) -> tuple[int, list[float]]:
+    latencies: list[float] = []
+    posted = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(index: int) -> None:
+        nonlocal posted
+        run_id = run_ids[index]
+        step = 0
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        ) as http:
+            while time.perf_counter() < deadline:
+                points = [
+                    {"name": "train/loss", "step": step + i, "value": 1.0 / (1 + step + i)}
+                    for i in range(batch)
+                ]
+                step += batch
+                start = time.perf_counter()
+                response = await http.post(
+                    f"/api/v1/runs/{run_id}/metrics", json={"points": points}
+                )
+                latencies.append(time.perf_counter() - start)
+                if response.status_code != 202:
+                    raise RuntimeError(response.text)
+                posted += batch
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return posted, [*latencies, time.perf_counter() - started]
+
+
+def raw_load(
+    dsn: str, run_ids: list[str], clients: int, batch: int, seconds: float
+) -> tuple[int, float]:
+    inserted = [0] * clients
+    deadline = time.perf_counter() + seconds
+
+    def worker(index: int) -> None:
+        run_id = int(run_ids[index])
+        step = 10**9  # past the service's steps: these rows are new
+        with psycopg.connect(dsn) as conn:
+            while time.perf_counter() < deadline:
+                steps = list(range(step, step + batch))
+                step += batch
+                conn.execute(
+                    "INSERT INTO metric_points (run_id, name, step, value) "
+                    "SELECT %s, 'train/loss', s, v FROM unnest(%s::bigint[], %s::float8[]) "
+                    "AS t(s, v) ON CONFLICT (run_id, name, step) DO NOTHING",
+                    (run_id, steps, [1.0 / (1 + s) for s in steps]),
+                )
+                conn.commit()
+                inserted[index] += batch
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(inserted), time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+
+    server_url = normalise_database_url(SERVER)
+    name = f"mixopt_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    engine = make_engine(url)
+    schema.upgrade(engine)
+    store = SqlStore(engine)
+    _, token = store.create_token("bench", "admin", None)
+    process = ServerProcess(url, Path(tempfile.mkdtemp())).start()
+    try:
+        with httpx.Client(
+            base_url=process.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        ) as http:
+            experiment = http.post(
+                "/api/v1/experiments",
+                json={
+                    "name": "ingest-bench",
+                    "method": "regmix",
+                    "domains": [{"name": "a"}, {"name": "b"}],
+                    "objective": {"metrics": {"loss": 1}},
+                },
+            ).json()
+            runs = http.post(
+                f"/api/v1/experiments/{experiment['id']}/proposals",
+                json={"count": args.clients},
+            ).json()["items"]
+        run_ids = [r["id"] for r in runs]
+
+        posted, timings = asyncio.run(
+            service_load(process.url, token, run_ids, args.clients, args.batch, args.seconds)
+        )
+        elapsed, latencies = timings[-1], timings[:-1]
+        service_rate = posted / elapsed
+        raw_points, raw_elapsed = raw_load(dsn, run_ids, args.clients, args.batch, args.seconds)
+        raw_rate = raw_points / raw_elapsed
+    finally:
+        process.stop()
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    print(f"clients={args.clients} batch={args.batch} seconds={args.seconds:g}")
+    print(
+        f"service : {service_rate:10,.0f} points/s  ({posted:,} points, {len(latencies):,} batches)"
+        f"  latency p50 {statistics.median(latencies) * 1000:.1f} ms"
+        f"  p99 {percentile(latencies, 0.99) * 1000:.1f} ms"
+    )
+    print(f"raw SQL : {raw_rate:10,.0f} points/s  (psycopg unnest insert, same concurrency)")
+    print(f"ratio service/raw: {service_rate / raw_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -385,8 +385,7 @@ FitModel = Literal["auto", "lightgbm", "linear", "loglinear", "mixing_law", "gp"
 
 
 class FitRequest(_Body):
-    model: Name = Field(default="auto", description="auto, or a regressor name (see /methods)")
-    request_id: RequestId | None = None
+    model: Name = Field(default="auto", description="auto, or a regressor name")
 
 
 class CvScores(_Reply):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from mixopt import schemas
 from service.store import ExperimentRecord, PointRecord, RunRecord, TokenRecord
+from service.store.base import FitRecord
 
-__all__ = ["experiment_out", "point_out", "run_out", "token_out"]
+__all__ = ["experiment_out", "fit_out", "point_out", "run_out", "token_out"]
 
 
 def experiment_out(record: ExperimentRecord) -> schemas.Experiment:
@@ -55,4 +56,18 @@ def token_out(record: TokenRecord) -> schemas.Token:
         created_at=record.created_at,
         expires_at=record.expires_at,
         revoked_at=record.revoked_at,
+    )
+
+
+def fit_out(record: FitRecord) -> schemas.FitReport:
+    return schemas.FitReport.model_validate(
+        {
+            **record.report,
+            "id": record.id,
+            "experiment_id": record.experiment_id,
+            "model": record.model,
+            "requested": record.requested,
+            "n_runs": record.n_runs,
+            "fitted_at": record.fitted_at,
+        }
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import pickle
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -16,11 +17,12 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from mixers import DomainSpace, Observation, OfflineMixer, get_method
+from mixers import DomainSpace, Observation, OfflineMixer, fitting, get_method
 from mixers.base import MethodConfig, Mixer
 from mixers.online import Feedback, OnlineMixer
 from mixopt import schemas
 from mixopt.errors import Conflict, ErrorItem, Gone, InvalidInput
+from service.convert import fit_out
 from service.store import ExperimentRecord, NewExperiment, NewRun, RunRecord, Store
 from service.store.base import StaleVersion, WeightsRecord
 
@@ -56,6 +58,7 @@ def _mixer(experiment: ExperimentRecord) -> tuple[Mixer, MethodConfig]:
 class Operations:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._results: dict[str, fitting.FitResult] = {}
 
     # --- experiments ---
 
@@ -212,6 +215,85 @@ class Operations:
         experiment = self.store.get_experiment(experiment_id)
         runs = list(self.store.iter_runs(experiment_id))
         return _csv_rows(experiment, runs)
+
+    # --- fits ---
+
+    def fit(self, experiment_id: str, body: schemas.FitRequest) -> schemas.FitReport:
+        """Cross-validate, refit, search the recommendation; store all of it in one fit.
+
+        CPU-bound: the route runs it in the thread pool, off the event loop.
+        """
+        experiment = self._offline(experiment_id)
+        _, config = _mixer(experiment)
+        space = space_of(experiment)
+        usable = [
+            (run.id, obs)
+            for run, obs in zip(
+                self.store.iter_runs(experiment.id),
+                self.history(experiment, space),
+                strict=True,
+            )
+            if obs.status == "completed" and not obs.excluded and obs.objective is not None
+        ]
+        if len(usable) < fitting.MIN_RUNS:
+            raise Conflict(
+                f"fewer than {fitting.MIN_RUNS} usable runs (completed, not excluded, with "
+                f"every objective metric): {len(usable)}"
+            )
+        direction = experiment.objective.get("direction", "minimize")
+        seed = config.seed or 0
+        result = fitting.fit_model(
+            np.array([obs.weights for _, obs in usable]),
+            np.array([obs.objective for _, obs in usable], dtype=float),
+            [run_id for run_id, _ in usable],
+            model=body.model,
+            names=space.names,
+            seed=seed,
+            direction=direction,
+        )
+        recommendation = fitting.recommend(
+            space, result, np.random.default_rng([seed, len(usable)])
+        )
+        report = result.report()
+        record = self.store.add_fit(
+            experiment.id,
+            model=result.model,
+            requested=body.model,
+            n_runs=result.n_runs,
+            report=report,
+            recommendation=recommendation,
+            blob=pickle.dumps(result),
+        )
+        return fit_out(record)
+
+    def predict(self, experiment_id: str, body: schemas.PredictRequest) -> list[schemas.Predicted]:
+        experiment = self._offline(experiment_id)
+        space = space_of(experiment)
+        mixtures = np.array(
+            [
+                space.validate_weights(m.weights, loc=("body", "mixtures", i, "weights"))
+                for i, m in enumerate(body.mixtures)
+            ]
+        )
+        result = self._latest_result(experiment_id)
+        value, low, high = fitting.predict(result, mixtures)
+        return [
+            schemas.Predicted(value=float(v), low=float(lo), high=float(hi))
+            for v, lo, hi in zip(value, low, high, strict=True)
+        ]
+
+    def _latest_result(self, experiment_id: str) -> fitting.FitResult:
+        latest = self.store.latest_fit(experiment_id)
+        if latest is None or latest[1] is None:
+            raise Conflict(f"experiment {experiment_id} has no fit yet: POST .../fit first")
+        fit, blob = latest
+        assert blob is not None
+        cached = self._results.get(fit.id)
+        if cached is None:
+            # Blobs are written only by this service (never uploaded), so unpickling is safe.
+            cached = pickle.loads(blob)
+            self._results = {fit.id: cached}  # the latest fit per process is what is asked
+        return cached
 
     # --- online runs ---
 

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from mixers import methods
 from mixopt import schemas
 from service.api.deps import AdminDep, AuthenticatedRoute, OpsDep, ReadDep, StoreDep, WriteDep
-from service.convert import experiment_out, run_out
+from service.convert import experiment_out, fit_out, run_out
 from service.problems import PROBLEM_RESPONSES
 
 router = APIRouter(
@@ -165,3 +165,34 @@ def claim(
 def recommendation(experiment_id: str, ops: OpsDep) -> schemas.Recommendation:
     """Offline: the latest fit's stored recommendation. Online: weights for a fresh run."""
     return ops.recommendation(experiment_id)
+
+
+@router.post("/experiments/{experiment_id}/fit", dependencies=[WriteDep])
+def fit(
+    experiment_id: str, ops: OpsDep, body: schemas.FitRequest | None = None
+) -> schemas.FitReport:
+    """Fit on completed, non-excluded runs; cross-validate; search and store the recommendation.
+
+    A plain ``def``: FastAPI runs it in the thread pool, so a fit never blocks other requests.
+    """
+    return ops.fit(experiment_id, body or schemas.FitRequest())
+
+
+@router.get("/experiments/{experiment_id}/fits", dependencies=[ReadDep])
+def list_fits(
+    experiment_id: str, store: StoreDep, limit: Limit = 100, cursor: Cursor = None
+) -> schemas.Page[schemas.FitReport]:
+    page = store.list_fits(experiment_id, limit=limit, cursor=cursor)
+    return schemas.Page(items=[fit_out(f) for f in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/fits/{fit_id}", dependencies=[ReadDep])
+def get_fit(fit_id: str, store: StoreDep) -> schemas.FitReport:
+    return fit_out(store.get_fit(fit_id))
+
+
+@router.post("/experiments/{experiment_id}/predict", dependencies=[ReadDep])
+def predict(
+    experiment_id: str, body: schemas.PredictRequest, ops: OpsDep
+) -> schemas.PredictionList:
+    return schemas.PredictionList(items=ops.predict(experiment_id, body))

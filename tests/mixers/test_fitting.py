@@ -1,0 +1,457 @@
+# ruff: noqa: N803, N806 - X is the conventional name of a design matrix (scikit-learn)
+"""Offline fitting: cross-validation, intervals, noise, the recommendation search.
+
+The RegMix tests use the real 1M-parameter proxy runs of the RegMix paper (../shared/data/regmix):
+512 train runs, 256 held-out test mixtures, target Pile-CC validation loss.
+"""
+
+from __future__ import annotations
+
+import csv
+import pickle
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from scipy import stats
+from sklearn.dummy import DummyRegressor
+
+from mixers.base import DomainSpace
+from mixers.fitting import (
+    DISTINCT_L1,
+    FitResult,
+    _fast_project,
+    _fold_of,
+    _replicate_groups,
+    fit_model,
+    predict,
+    recommend,
+)
+from mixers.regressors import REGRESSORS, regressor_names
+from mixopt.errors import Conflict, InvalidInput
+from mixopt.schemas import FitReport, Recommendation
+
+FloatArray = NDArray[np.float64]
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "regmix"
+TARGET = "metric/the_pile_pile_cc_val_loss"
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def load_regmix(split: str) -> tuple[FloatArray, FloatArray, list[str], list[str]]:
+    """(X, y, domain names, run ids) of one split, mixtures joined with losses on ``index``."""
+    with (DATA / f"{split}_mixture_1m.csv").open() as f:
+        mixtures = list(csv.DictReader(f))
+    with (DATA / f"{split}_pile_loss_1m.csv").open() as f:
+        losses = {row["index"]: float(row[TARGET]) for row in csv.DictReader(f)}
+    columns = [c for c in mixtures[0] if c != "index"]
+    X = np.array([[float(row[c]) for c in columns] for row in mixtures])
+    y = np.array([losses[row["index"]] for row in mixtures])
+    names = [c.removeprefix("train_the_pile_") for c in columns]
+    return X, y, names, [f"{split}-{row['index']}" for row in mixtures]
+
+
+@pytest.fixture(scope="module")
+def regmix() -> dict[str, Any]:
+    if not DATA.is_dir():
+        pytest.skip(f"RegMix data not found at {DATA}")
+    X, y, names, ids = load_regmix("train")
+    X_test, y_test, test_names, _ = load_regmix("test")
+    assert test_names == names
+    result = fit_model(X, y, ids, names=names, seed=0)
+    return {
+        "X": X,
+        "y": y,
+        "names": names,
+        "ids": ids,
+        "X_test": X_test,
+        "y_test": y_test,
+        "result": result,
+    }
+
+
+def synthetic_space() -> DomainSpace:
+    """Five domains with min/max bounds; "code" is the good one (see ``synthetic_loss``)."""
+    return DomainSpace.from_domains(
+        [
+            {"name": "web", "prior": 0.5, "max_weight": 0.8},
+            {"name": "code", "prior": 0.2, "max_weight": 0.4},
+            {"name": "books", "prior": 0.15, "min_weight": 0.05},
+            {"name": "math", "prior": 0.1},
+            {"name": "wiki", "prior": 0.05},
+        ]
+    )
+
+
+EFFECT = np.array([0.0, -1.0, 0.2, -0.3, 0.1])  # loss change per unit weight: code helps most
+
+
+def synthetic_runs(
+    space: DomainSpace, n: int, seed: int, noise: float = 0.02
+) -> tuple[FloatArray, FloatArray, list[str]]:
+    rng = np.random.default_rng(seed)
+    X = space.project(rng.dirichlet(np.ones(space.k), size=n))
+    y = 3.0 + X @ EFFECT + rng.normal(0.0, noise, size=n)
+    return X, y, [f"run-{i}" for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> tuple[DomainSpace, FitResult]:
+    space = synthetic_space()
+    X, y, ids = synthetic_runs(space, 64, seed=3)
+    return space, fit_model(X, y, ids, names=space.names, seed=0)
+
+
+def assert_mixture(space: DomainSpace, weights: dict[str, float]) -> FloatArray:
+    """A dict over exactly the space's domains, summing to 1 within 1e-9, inside the bounds."""
+    assert list(weights) == list(space.names)
+    w = space.to_array(weights)
+    assert abs(w.sum() - 1.0) <= 1e-9
+    assert space.contains(w, tol=1e-9).all(), w
+    return w
+
+
+def without_seconds(rec: dict[str, Any]) -> dict[str, Any]:
+    return {**rec, "search": {k: v for k, v in rec["search"].items() if k != "seconds"}}
+
+
+# --- RegMix: the real proxy runs -----------------------------------------------------------------
+
+
+def test_regmix_cross_validation(regmix):
+    """The linear model's 5-fold CV Spearman on Pile-CC loss is about 0.9 (RegMix: 0.90)."""
+    result: FitResult = regmix["result"]
+    assert result.model == "linear"
+    assert result.requested == "auto"
+    assert result.n_runs == 512
+    assert result.cv["folds"] == 5
+    assert 0.85 <= result.cv["spearman"] <= 0.95
+    assert 0.8 <= result.cv["pearson"] <= 0.95
+    assert 0.6 <= result.cv["r2"] <= 0.9
+    assert 0 < result.cv["mae"] < 0.2
+    assert [c["model"] for c in result.candidates] == regressor_names()
+    assert len(result.oof) == 512
+    run_id, actual, _ = result.oof[0]
+    assert (run_id, actual) == (regmix["ids"][0], regmix["y"][0])
+    oof = np.array([p for _, _, p in result.oof])
+    assert stats.spearmanr(regmix["y"], oof).statistic == pytest.approx(result.cv["spearman"])
+    assert result.noise == {"replicate_groups": 0, "std": None}  # no two runs share a mixture
+
+
+def test_regmix_held_out_ranking_and_interval_coverage(regmix):
+    """Fitted on the 512 train runs: ranks the 256 test mixtures, intervals cover ~80 %."""
+    value, low, high = predict(regmix["result"], regmix["X_test"])
+    y_test = regmix["y_test"]
+    assert stats.spearmanr(y_test, value).statistic >= 0.85
+    assert np.all(low <= value) and np.all(value <= high)
+    coverage = float(np.mean((y_test >= low) & (y_test <= high)))
+    assert 0.70 <= coverage <= 0.90
+
+
+def test_regmix_importance(regmix):
+    importance = regmix["result"].importance
+    assert list(importance) == regmix["names"]
+    assert sum(importance.values()) == pytest.approx(1.0)
+    assert all(v >= 0 for v in importance.values())
+    # Domains with the largest weight swings in the swarm dominate; tiny ones barely matter.
+    assert importance["github"] > importance["enron_emails"]
+
+
+def test_regmix_recommendation(regmix):
+    """RegMix's procedure on the real runs: Pile-CC dominates the recommended mixture."""
+    X: FloatArray = regmix["X"]
+    space = DomainSpace.from_domains(
+        [
+            {"name": n, "prior": float(p)}
+            for n, p in zip(regmix["names"], X.mean(axis=0), strict=True)
+        ]
+    )
+    rec = recommend(space, regmix["result"], np.random.default_rng(0))
+    w = assert_mixture(space, rec["weights"])
+    assert rec["weights"]["pile_cc"] > 0.6  # RegMix's own search: 0.87-0.89
+    # The trust region: no weight above the largest the runs ever gave that domain.
+    assert np.all(w <= X.max(axis=0) + 1e-9)
+    assert rec["search"]["trust_region"] is True
+    assert rec["predicted"]["value"] < rec["baseline"]["predicted"]["value"]
+    assert rec["p_better_than_baseline"] > 0.9
+    assert rec["search"]["candidates"] == 100_000
+    assert rec["search"]["top_k"] == 100
+    assert rec["search"]["seconds"] < 2.0  # ~0.4 s; generous for slow CI machines
+    # Without it, a linear model extrapolates to a vertex no run came near.
+    loose = recommend(space, regmix["result"], np.random.default_rng(0), trust_region=False)
+    assert np.any(space.to_array(loose["weights"]) > X.max(axis=0) + 0.1)
+    assert loose["search"]["trust_region"] is False
+
+
+# --- fit_model -----------------------------------------------------------------------------------
+
+
+def test_auto_compares_every_registered_regressor(monkeypatch):
+    constant = DummyRegressor(strategy="constant", constant=3.0)
+    monkeypatch.setitem(REGRESSORS, "mean", lambda seed: constant)
+    space = synthetic_space()
+    X, y, ids = synthetic_runs(space, 40, seed=1)
+    result = fit_model(X, y, ids, names=space.names, seed=0)
+    assert [c["model"] for c in result.candidates] == regressor_names()
+    assert {c["model"] for c in result.candidates} >= {"linear", "mean"}
+    scores = {c["model"]: c["spearman"] for c in result.candidates}
+    assert scores["mean"] is None  # constant predictions have no rank correlation
+    assert result.model == "linear"
+    assert result.cv["spearman"] == scores["linear"]
+
+    only = fit_model(X, y, ids, model="mean", names=space.names, seed=0)
+    assert only.model == only.requested == "mean"
+    assert [c["model"] for c in only.candidates] == ["mean"]
+    assert only.cv["spearman"] is None and only.cv["pearson"] is None
+    assert only.importance == {n: pytest.approx(1 / space.k) for n in space.names}
+
+
+def test_auto_survives_a_failing_candidate(monkeypatch):
+    class Broken(DummyRegressor):  # type: ignore[misc]
+        def fit(self, X, y, sample_weight=None):
+            raise RuntimeError("boom")
+
+    monkeypatch.setitem(REGRESSORS, "broken", lambda seed: Broken())
+    space = synthetic_space()
+    X, y, ids = synthetic_runs(space, 20, seed=1)
+    result = fit_model(X, y, ids, names=space.names, seed=0)
+    assert result.model == "linear"
+    assert {"model": "broken", "spearman": None} in result.candidates
+    with pytest.raises(RuntimeError, match="boom"):
+        fit_model(X, y, ids, model="broken", names=space.names, seed=0)
+
+
+def test_unknown_model_is_invalid_input():
+    space = synthetic_space()
+    X, y, ids = synthetic_runs(space, 20, seed=1)
+    with pytest.raises(InvalidInput) as info:
+        fit_model(X, y, ids, model="xgboost", names=space.names, seed=0)
+    assert info.value.errors[0].loc == ("body", "model")
+    assert "linear" in info.value.detail and "auto" in info.value.detail
+
+
+def test_fewer_than_eight_runs_conflict():
+    space = synthetic_space()
+    X, y, ids = synthetic_runs(space, 8, seed=1)
+    with pytest.raises(Conflict, match="fewer than 8 usable runs"):
+        fit_model(X[:7], y[:7], ids[:7], names=space.names, seed=0)
+    result = fit_model(X, y, ids, names=space.names, seed=0)
+    assert result.cv["folds"] == 5 and result.n_runs == 8
+    same = np.repeat(X[:1], 10, axis=0)
+    with pytest.raises(Conflict, match="same mixture"):
+        fit_model(same, y.repeat(2)[:10], [str(i) for i in range(10)], names=space.names, seed=0)
+
+
+def test_bad_shapes_are_value_errors():
+    space = synthetic_space()
+    X, y, ids = synthetic_runs(space, 10, seed=1)
+    with pytest.raises(ValueError, match="shape"):
+        fit_model(X[:, :3], y, ids, names=space.names, seed=0)
+    with pytest.raises(ValueError, match="length"):
+        fit_model(X, y[:9], ids, names=space.names, seed=0)
+    with pytest.raises(ValueError, match="finite"):
+        fit_model(X, np.where(np.arange(10) == 3, np.nan, y), ids, names=space.names, seed=0)
+
+
+def test_replicates_estimate_the_noise():
+    """40 mixtures trained 3 times each, true run-to-run std 0.05."""
+    space = synthetic_space()
+    rng = np.random.default_rng(7)
+    base, _, _ = synthetic_runs(space, 40, seed=2)
+    X = np.repeat(base, 3, axis=0)
+    X[1::3] += 1e-12  # rounding to 1e-9 still groups them
+    y = 3.0 + X @ EFFECT + rng.normal(0.0, 0.05, size=len(X))
+    result = fit_model(X, y, [str(i) for i in range(len(X))], names=space.names, seed=0)
+    assert result.noise["replicate_groups"] == 40
+    assert result.noise["std"] == pytest.approx(0.05, rel=0.2)
+    # The interval covers the noise: it is at least about +-1.28 noise std wide.
+    q_lo, q_hi = result.residual_quantiles
+    assert q_hi - q_lo >= 2 * 1.2 * 0.05 * 0.8
+
+
+def test_replicates_never_straddle_folds():
+    X = np.repeat(np.random.default_rng(0).dirichlet(np.ones(3), size=20), 3, axis=0)
+    groups = _replicate_groups(X)
+    assert groups.max() + 1 == 20
+    fold = _fold_of(groups, 5, seed=0)
+    for g in range(20):
+        assert len(set(fold[groups == g])) == 1
+    assert sorted(np.bincount(fold)) == [12] * 5  # balanced
+    assert not np.array_equal(fold, _fold_of(groups, 5, seed=1))  # shuffled by the seed
+
+
+def test_importance_finds_the_effective_domain(synthetic):
+    _, result = synthetic
+    importance = result.importance
+    assert sum(importance.values()) == pytest.approx(1.0)
+    assert max(importance, key=importance.__getitem__) == "code"
+
+
+def test_fit_is_reproducible():
+    space = synthetic_space()
+    X, y, ids = synthetic_runs(space, 30, seed=4)
+    first = fit_model(X, y, ids, names=space.names, seed=11)
+    second = fit_model(X, y, ids, names=space.names, seed=11)
+    assert first.cv == second.cv
+    assert first.oof == second.oof
+    assert first.importance == second.importance
+    assert first.residual_quantiles == second.residual_quantiles
+
+
+def test_pickle_round_trip_predicts_the_same(regmix):
+    result: FitResult = regmix["result"]
+    again = pickle.loads(pickle.dumps(result))
+    for a, b in zip(
+        predict(result, regmix["X_test"]), predict(again, regmix["X_test"]), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert again.report() == result.report()
+
+
+def test_predict_checks_width(synthetic):
+    _, result = synthetic
+    with pytest.raises(ValueError, match="columns"):
+        predict(result, np.ones((2, 3)) / 3)
+    value, low, high = predict(result, np.full(5, 0.2))  # one mixture as a flat array
+    assert value.shape == low.shape == high.shape == (1,)
+
+
+def test_report_and_recommendation_fit_the_wire_shapes(synthetic):
+    space, result = synthetic
+    report = FitReport.model_validate(
+        {**result.report(), "id": "fit-1", "fitted_at": datetime.now(UTC)}
+    )
+    assert report.cv.folds == 5 and len(report.oof) == 64
+    assert report.oof[0].run_id == "run-0"
+    rec = recommend(space, result, np.random.default_rng(0), candidates=5000)
+    wire = Recommendation.model_validate({**rec, "fit_id": "fit-1"})
+    assert wire.predicted is not None and wire.baseline is not None
+    assert wire.model == "linear" and wire.n_runs == 64
+
+
+# --- recommend -----------------------------------------------------------------------------------
+
+
+def test_recommendation_beats_the_baseline_within_bounds(synthetic):
+    space, result = synthetic
+    rec = recommend(space, result, np.random.default_rng(0), candidates=20_000)
+    w = assert_mixture(space, rec["weights"])
+    assert w[1] > 0.3  # code, capped at 0.4, is the domain that lowers the loss
+    base = assert_mixture(space, rec["baseline"]["weights"])
+    np.testing.assert_allclose(base, space.project(space.prior)[0])
+    predicted, baseline = rec["predicted"], rec["baseline"]["predicted"]
+    assert predicted["value"] < baseline["value"]
+    assert predicted["low"] < predicted["value"] < predicted["high"]
+    assert rec["p_better_than_baseline"] > 0.9
+    assert rec["params"] == {} and rec["model"] == "linear" and rec["n_runs"] == 64
+    assert rec["search"]["candidates"] == 20_000 and rec["search"]["top_k"] == 100
+
+
+def test_alternatives_are_distinct_and_near_the_best(synthetic):
+    space, result = synthetic
+    rec = recommend(space, result, np.random.default_rng(0), candidates=20_000)
+    alternatives = rec["alternatives"]
+    assert 1 <= len(alternatives) <= 5
+    chosen = [space.to_array(rec["weights"])]
+    sigma = result.interval_sigma
+    values = [a["predicted"]["value"] for a in alternatives]
+    assert values == sorted(values)  # best first
+    for alt in alternatives:
+        w = assert_mixture(space, alt["weights"])
+        assert all(np.abs(w - c).sum() > DISTINCT_L1 for c in chosen)
+        chosen.append(w)
+        assert alt["predicted"]["value"] <= min(rec["predicted"]["value"], values[0]) + sigma
+        np.testing.assert_allclose(alt["predicted"]["value"], predict(result, w)[0][0])
+
+
+def test_direction_maximize_flips_the_choice(synthetic):
+    space, result = synthetic
+    low = recommend(space, result, np.random.default_rng(0), candidates=20_000)
+    high = recommend(
+        space, result, np.random.default_rng(0), candidates=20_000, direction="maximize"
+    )
+    assert_mixture(space, high["weights"])
+    assert high["weights"]["code"] < 0.05 < low["weights"]["code"]
+    assert high["predicted"]["value"] > high["baseline"]["predicted"]["value"]
+    assert high["p_better_than_baseline"] > 0.9
+    assert all(
+        a["predicted"]["value"] >= high["predicted"]["value"] - result.interval_sigma
+        for a in high["alternatives"]
+    )
+
+
+def test_direction_defaults_to_the_fits():
+    space = synthetic_space()
+    X, y, ids = synthetic_runs(space, 40, seed=5)
+    result = fit_model(X, y, ids, names=space.names, seed=0, direction="maximize")
+    rec = recommend(space, result, np.random.default_rng(0), candidates=5000)
+    assert rec["predicted"]["value"] > rec["baseline"]["predicted"]["value"]
+
+
+def test_recommend_is_reproducible_and_takes_a_baseline(synthetic):
+    space, result = synthetic
+    first = recommend(space, result, np.random.default_rng(5), candidates=10_000, top_k=10)
+    second = recommend(space, result, np.random.default_rng(5), candidates=10_000, top_k=10)
+    assert without_seconds(first) == without_seconds(second)
+    other = recommend(space, result, np.random.default_rng(6), candidates=10_000, top_k=10)
+    # (The weights may agree: the best candidates all sit on the same vertex of the bounds.)
+    assert without_seconds(other) != without_seconds(first)
+    uniform = recommend(
+        space, result, np.random.default_rng(5), candidates=100, top_k=500, baseline=np.ones(5)
+    )
+    assert uniform["search"]["top_k"] == 100  # never more than the candidates
+    assert_mixture(space, uniform["baseline"]["weights"])
+    assert uniform["baseline"]["weights"]["code"] == pytest.approx(0.2)
+
+
+def test_recommend_refuses_another_space(synthetic):
+    _, result = synthetic
+    other = DomainSpace.from_domains([{"name": n} for n in ("a", "b", "c", "d", "e")])
+    with pytest.raises(ValueError, match="domains"):
+        recommend(other, result, np.random.default_rng(0), candidates=10)
+
+
+def test_search_of_100k_candidates_is_fast(synthetic):
+    space, result = synthetic
+    rec = recommend(space, result, np.random.default_rng(0))
+    assert rec["search"]["candidates"] == 100_000
+    assert rec["search"]["seconds"] < 2.0  # ~0.3 s on one core
+
+
+# --- the batched projection ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "domains",
+    [
+        [{"name": f"d{i}"} for i in range(17)],
+        [
+            {"name": "web", "tokens": 500e9, "max_weight": 0.7},
+            {"name": "code", "tokens": 100e9},
+            {"name": "books", "tokens": 20e9, "min_weight": 0.05},
+            {"name": "math", "tokens": 5e9},
+            {"name": "wiki", "tokens": 1e9},
+        ],
+        [{"name": f"d{i}", "min_weight": 0.005, "max_weight": 0.3} for i in range(17)],
+        [
+            {"name": "a", "min_weight": 0.47, "max_weight": 0.5},
+            {"name": "b"},
+            {"name": "c", "max_weight": 0.01},
+        ],
+    ],
+)
+def test_fast_projection_matches_the_spaces(domains):
+    space = DomainSpace.from_domains(domains, train_tokens=100e9, max_epochs=4)
+    rng = np.random.default_rng(0)
+    v = np.vstack([rng.dirichlet(np.full(space.k, a), size=300) for a in (0.01, 0.1, 1.0, 10.0)])
+    v[:20] = 0.0
+    v[:20, 0] = 1.0  # vertices
+    v[20:40] *= 7.0  # not normalised
+    v[40:60, 1:] *= 1e-200  # extreme ranges
+    fast = _fast_project(space, v)
+    assert space.contains(fast, tol=1e-12).all()
+    np.testing.assert_allclose(fast, space.project(v), atol=1e-12)

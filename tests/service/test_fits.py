@@ -1,0 +1,138 @@
+"""Fit plumbing through the API, on the real RegMix swarm (512 train, 256 held-out runs)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from scipy import stats
+
+from service.store import NewRun, SqlStore
+
+API = "/api/v1"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "regmix"
+TARGET = "metric/the_pile_pile_cc_val_loss"
+PREFIX = "train_the_pile_"
+
+
+def read_swarm(split: str) -> list[tuple[dict[str, float], float]]:
+    with (DATA / f"{split}_mixture_1m.csv").open() as f:
+        mixtures = {row["index"]: row for row in csv.DictReader(f)}
+    with (DATA / f"{split}_pile_loss_1m.csv").open() as f:
+        losses = {row["index"]: float(row[TARGET]) for row in csv.DictReader(f)}
+    swarm = []
+    for index, row in mixtures.items():
+        weights = {k[len(PREFIX) :]: float(v) for k, v in row.items() if k.startswith(PREFIX)}
+        total = sum(weights.values())  # the files round to 1e-3: renormalise, as the CLI does
+        swarm.append(({k: v / total for k, v in weights.items()}, losses[index]))
+    return swarm
+
+
+@pytest.fixture(scope="module")
+def train() -> list[tuple[dict[str, float], float]]:
+    return read_swarm("train")
+
+
+@pytest.fixture
+def regmix_experiment(
+    client: TestClient, store: SqlStore, train: list[tuple[dict[str, float], float]]
+) -> str:
+    domains = [{"name": name} for name in train[0][0]]
+    experiment = client.post(
+        f"{API}/experiments",
+        json={
+            "name": "regmix-1m",
+            "method": "regmix",
+            "domains": domains,
+            "objective": {"metrics": {"pile_cc": 1.0}},
+            "config": {"seed": 42},
+        },
+    ).json()
+    store.add_runs(
+        experiment["id"],
+        [NewRun(w, metrics={"pile_cc": loss}, status="completed") for w, loss in train],
+    )
+    experiment_id: str = experiment["id"]
+    return experiment_id
+
+
+def test_reads_before_any_fit_are_409(client: TestClient, regmix_experiment: str) -> None:
+    assert client.get(f"{API}/experiments/{regmix_experiment}/recommendation").status_code == 409
+    mixture = {"weights": dict.fromkeys(read_swarm("test")[0][0], 1 / 17)}
+    predicted = client.post(
+        f"{API}/experiments/{regmix_experiment}/predict", json={"mixtures": [mixture]}
+    )
+    assert predicted.status_code == 409
+
+
+def test_linear_fit_on_regmix_reports_cv_and_predicts_held_out_runs(
+    client: TestClient, regmix_experiment: str
+) -> None:
+    response = client.post(f"{API}/experiments/{regmix_experiment}/fit", json={"model": "linear"})
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["model"] == "linear" and report["requested"] == "linear"
+    assert report["n_runs"] == 512 and len(report["oof"]) == 512
+    assert 0.85 <= report["cv"]["spearman"] <= 0.95  # the known linear baseline: about 0.9
+    assert sum(report["importance"].values()) == pytest.approx(1.0)
+
+    test = read_swarm("test")
+    predicted = client.post(
+        f"{API}/experiments/{regmix_experiment}/predict",
+        json={"mixtures": [{"weights": w} for w, _ in test]},
+    ).json()["items"]
+    values = [p["value"] for p in predicted]
+    assert stats.spearmanr(values, [loss for _, loss in test]).statistic >= 0.85
+    assert all(p["low"] <= p["value"] <= p["high"] for p in predicted)
+    covered = sum(
+        p["low"] <= loss <= p["high"] for p, (_, loss) in zip(predicted, test, strict=True)
+    )
+    assert 0.7 <= covered / len(test) <= 0.9
+
+    recommended = client.get(f"{API}/experiments/{regmix_experiment}/recommendation").json()
+    assert recommended["fit_id"] == report["id"] and recommended["model"] == "linear"
+    assert sum(recommended["weights"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert recommended["predicted"]["value"] <= recommended["baseline"]["predicted"]["value"]
+
+    listed = client.get(f"{API}/experiments/{regmix_experiment}/fits").json()["items"]
+    assert [f["id"] for f in listed] == [report["id"]]
+    assert client.get(f"{API}/fits/{report['id']}").json()["cv"] == report["cv"]
+
+
+def test_auto_lists_every_candidate(client: TestClient, regmix_experiment: str) -> None:
+    report = client.post(f"{API}/experiments/{regmix_experiment}/fit").json()
+    assert report["requested"] == "auto"
+    assert {c["model"] for c in report["candidates"]} >= {"linear"}
+
+
+def test_fit_needs_eight_usable_runs(client: TestClient, experiment: dict[str, Any]) -> None:
+    eid = experiment["id"]
+    for i in range(8):
+        w = (i + 1) / 10
+        client.post(
+            f"{API}/experiments/{eid}/runs",
+            json={
+                "weights": {"web": w, "code": 1 - w, "papers": 0.0},
+                "metrics": {"val_loss/web": 3 - w},
+            },
+        )
+    runs = client.get(f"{API}/experiments/{eid}/runs").json()["items"]
+    client.post(f"{API}/runs/{runs[0]['id']}/exclude", json={"excluded": True})
+    response = client.post(f"{API}/experiments/{eid}/fit", json={"model": "linear"})
+    assert response.status_code == 409 and "fewer than 8" in response.json()["detail"]
+
+
+def test_bad_fit_and_predict_bodies_are_422(client: TestClient, regmix_experiment: str) -> None:
+    unknown = client.post(f"{API}/experiments/{regmix_experiment}/fit", json={"model": "magic"})
+    assert unknown.status_code == 422
+    assert unknown.json()["errors"][0]["loc"] == ["body", "model"]
+    client.post(f"{API}/experiments/{regmix_experiment}/fit", json={"model": "linear"})
+    bad = client.post(
+        f"{API}/experiments/{regmix_experiment}/predict",
+        json={"mixtures": [{"weights": {"arxiv": 1.0}}]},
+    )
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["loc"][:4] == ["body", "mixtures", 0, "weights"]

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import Engine
@@ -130,3 +131,18 @@ def tokens(store: SqlStore) -> Tokens:
 @pytest.fixture
 def settings() -> Settings:
     return Settings(token_cache_seconds=0)
+
+
+@pytest.fixture
+def http() -> Iterator[Callable[..., httpx.Client]]:
+    """Make HTTP clients that are all closed when the test ends (no leaked sockets)."""
+    made: list[httpx.Client] = []
+
+    def make(base_url: str, headers: dict[str, str], timeout: float = 60) -> httpx.Client:
+        client = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()

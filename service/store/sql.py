@@ -118,6 +118,18 @@ def _parse_id(value: str, what: str) -> int:
 T = TypeVar("T")
 
 
+def _page(
+    rows: Sequence[Any],
+    limit: int,
+    convert: Callable[[Any], T],
+    key: Callable[[Any], list[Any]] = lambda row: [row.id],
+) -> Page[T]:
+    """Keyset pagination: ``rows`` were fetched with ``limit + 1``; the extra row says more."""
+    page = rows[:limit]
+    next_cursor = encode_cursor(key(page[-1])) if len(rows) > limit else None
+    return Page([convert(r) for r in page], next_cursor)
+
+
 def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -258,10 +270,8 @@ class SqlStore(Store):
             query = query.where(ExperimentRow.id < after)
         with self._read() as conn:
             rows = conn.execute(query).all()
-            page = rows[:limit]
-            counts = self._counts(conn, [r.id for r in page])
-        next_cursor = encode_cursor([page[-1].id]) if len(rows) > limit else None
-        return Page([self._experiment(r, counts[r.id]) for r in page], next_cursor)
+            counts = self._counts(conn, [r.id for r in rows[:limit]])
+        return _page(rows, limit, lambda r: self._experiment(r, counts[r.id]))
 
     def archive_experiment(self, experiment_id: str) -> ExperimentRecord:
         eid = _parse_id(experiment_id, "experiment")
@@ -447,9 +457,7 @@ class SqlStore(Store):
         with self._read() as conn:
             self._load_experiment(conn, eid)
             rows = conn.execute(query).all()
-        page = rows[:limit]
-        next_cursor = encode_cursor([page[-1].id]) if len(rows) > limit else None
-        return Page([self._run(r) for r in page], next_cursor)
+        return _page(rows, limit, self._run)
 
     # --- the queue ----------------------------------------------------------------------------
 
@@ -731,9 +739,12 @@ class SqlStore(Store):
         with self._read() as conn:
             self._load_run(conn, rid)
             rows = conn.execute(query).all()
-        page = rows[:limit]
-        next_cursor = encode_cursor([page[-1].step, page[-1].name]) if len(rows) > limit else None
-        return Page([PointRecord(r.name, r.step, r.value) for r in page], next_cursor)
+        return _page(
+            rows,
+            limit,
+            lambda r: PointRecord(r.name, r.step, r.value),
+            key=lambda r: [r.step, r.name],
+        )
 
     # --- tokens -------------------------------------------------------------------------------
 
@@ -782,9 +793,7 @@ class SqlStore(Store):
             query = query.where(ApiToken.id > after)
         with self._read() as conn:
             rows = conn.execute(query).all()
-        page = rows[:limit]
-        next_cursor = encode_cursor([page[-1].id]) if len(rows) > limit else None
-        return Page([self._token(r) for r in page], next_cursor)
+        return _page(rows, limit, self._token)
 
     def revoke_token(self, token_id: str) -> TokenRecord:
         tid = _parse_id(token_id, "token")
@@ -813,6 +822,39 @@ class SqlStore(Store):
             created_at=row.created_at,
             superseded=row.superseded,
         )
+
+    def _add_version(
+        self,
+        conn: Connection,
+        rid: int,
+        version: int,
+        step: int,
+        weights: Mapping[str, float],
+        phase: str,
+        train_steps: int | None,
+        state: Mapping[str, Any],
+        now: datetime,
+    ) -> WeightsRecord:
+        """Write a new weights version and make them the run's current weights."""
+        row = conn.execute(
+            insert(WeightVersionRow)
+            .values(
+                run_id=rid,
+                version=version,
+                step=step,
+                weights=dict(weights),
+                phase=phase,
+                train_steps=train_steps,
+                state=dict(state),
+                superseded=False,
+                created_at=now,
+            )
+            .returning(*WeightVersionRow.__table__.columns)
+        ).one()
+        conn.execute(
+            update(RunRow).where(RunRow.id == rid).values(weights=dict(weights), updated_at=now)
+        )
+        return self._weights(row)
 
     def start_online_run(
         self,
@@ -851,19 +893,7 @@ class SqlStore(Store):
                         run_id=run_id, version=1, state=dict(state), frozen=False, updated_at=now
                     )
                 )
-                conn.execute(
-                    insert(WeightVersionRow).values(
-                        run_id=run_id,
-                        version=1,
-                        step=0,
-                        weights=dict(weights),
-                        phase=phase,
-                        train_steps=train_steps,
-                        state=dict(state),
-                        superseded=False,
-                        created_at=now,
-                    )
-                )
+                self._add_version(conn, run_id, 1, 0, weights, phase, train_steps, state, now)
                 return self._run(self._load_run(conn, run_id)), True
         except IntegrityError:
             if request_id is None:
@@ -935,9 +965,7 @@ class SqlStore(Store):
         with self._read() as conn:
             self._online_state(conn, rid)
             rows = conn.execute(query).all()
-        page = rows[:limit]
-        next_cursor = encode_cursor([page[-1].version]) if len(rows) > limit else None
-        return Page([self._weights(r) for r in page], next_cursor)
+        return _page(rows, limit, self._weights, key=lambda r: [r.version])
 
     def live_feedback(self, run_id: str, step: int) -> dict[str, Any] | None:
         rid = _parse_id(run_id, "run")
@@ -992,30 +1020,9 @@ class SqlStore(Store):
                         created_at=now,
                     )
                 )
-                conn.execute(
-                    insert(WeightVersionRow).values(
-                        run_id=rid,
-                        version=new_version,
-                        step=step,
-                        weights=dict(weights),
-                        phase=phase,
-                        train_steps=train_steps,
-                        state=dict(state),
-                        superseded=False,
-                        created_at=now,
-                    )
+                return self._add_version(
+                    conn, rid, new_version, step, weights, phase, train_steps, state, now
                 )
-                conn.execute(
-                    update(RunRow)
-                    .where(RunRow.id == rid)
-                    .values(weights=dict(weights), updated_at=now)
-                )
-                row = conn.execute(
-                    select(WeightVersionRow).where(
-                        WeightVersionRow.run_id == rid, WeightVersionRow.version == new_version
-                    )
-                ).one()
-                return self._weights(row)
         except IntegrityError as exc:
             # Another replica recorded feedback for this step first (or took this version).
             raise StaleVersion(f"run {rid}: concurrent feedback") from exc
@@ -1066,30 +1073,17 @@ class SqlStore(Store):
                 .where(MixerStateRow.run_id == rid)
                 .values(version=new_version, state=target.state, updated_at=now)
             )
-            conn.execute(
-                insert(WeightVersionRow).values(
-                    run_id=rid,
-                    version=new_version,
-                    step=step,
-                    weights=target.weights,
-                    phase=target.phase,
-                    train_steps=target.train_steps,
-                    state=target.state,
-                    superseded=False,
-                    created_at=now,
-                )
+            return self._add_version(
+                conn,
+                rid,
+                new_version,
+                step,
+                target.weights,
+                target.phase,
+                target.train_steps,
+                target.state,
+                now,
             )
-            conn.execute(
-                update(RunRow)
-                .where(RunRow.id == rid)
-                .values(weights=target.weights, updated_at=now)
-            )
-            row = conn.execute(
-                select(WeightVersionRow).where(
-                    WeightVersionRow.run_id == rid, WeightVersionRow.version == new_version
-                )
-            ).one()
-            return self._weights(row)
 
     # --- fits ---------------------------------------------------------------------------------
 
@@ -1169,9 +1163,7 @@ class SqlStore(Store):
         with self._read() as conn:
             self._load_experiment(conn, eid)
             rows = conn.execute(query).all()
-        page = rows[:limit]
-        next_cursor = encode_cursor([page[-1].id]) if len(rows) > limit else None
-        return Page([self._fit(r) for r in page], next_cursor)
+        return _page(rows, limit, self._fit)
 
     def latest_fit(self, experiment_id: str) -> tuple[FitRecord, bytes | None] | None:
         eid = _parse_id(experiment_id, "experiment")

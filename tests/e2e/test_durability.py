@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,11 @@ def server(database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 def test_acknowledged_writes_survive_sigkill_and_restart(
-    server: ServerProcess, tokens: Tokens
+    server: ServerProcess,
+    tokens: Tokens,
+    http: Callable[..., httpx.Client],
 ) -> None:
-    admin = httpx.Client(base_url=server.url, headers=tokens.header("admin"), timeout=30)
+    admin = http(server.url, tokens.header("admin"), 30)
     eid = admin.post("/api/v1/experiments", json=experiment_body()).json()["id"]
     response = admin.post(f"/api/v1/experiments/{eid}/proposals", json={"count": 200})
     assert response.status_code == 201
@@ -41,7 +43,7 @@ def test_acknowledged_writes_survive_sigkill_and_restart(
 
     def worker(index: int) -> None:
         name = f"node{index}"
-        with httpx.Client(base_url=server.url, headers=tokens.header("write"), timeout=5) as c:
+        with http(server.url, tokens.header("write"), 5) as c:
             step = 0
             while not stop.is_set():
                 try:
@@ -83,7 +85,7 @@ def test_acknowledged_writes_survive_sigkill_and_restart(
     assert len(acknowledged_completions) >= 20
 
     server.start()
-    reader = httpx.Client(base_url=server.url, headers=tokens.header("read"), timeout=30)
+    reader = http(server.url, tokens.header("read"), 30)
     for run_id, metrics in acknowledged_completions.items():
         run = reader.get(f"/api/v1/runs/{run_id}").json()
         assert run["status"] == "completed" and run["metrics"] == metrics

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -48,9 +48,11 @@ def run_threads(count: int, target: Any) -> list[Any]:
 
 
 def test_concurrent_claims_hand_out_each_run_exactly_once(
-    server: ThreadedServer, tokens: Tokens
+    server: ThreadedServer,
+    tokens: Tokens,
+    http: Callable[..., httpx.Client],
 ) -> None:
-    admin = httpx.Client(base_url=server.url, headers=tokens.header("admin"), timeout=60)
+    admin = http(server.url, tokens.header("admin"), 60)
     experiment = admin.post("/api/v1/experiments", json=experiment_body()).json()
     eid = experiment["id"]
     created: list[str] = []
@@ -62,7 +64,7 @@ def test_concurrent_claims_hand_out_each_run_exactly_once(
 
     def worker(index: int) -> list[str]:
         claimed: list[str] = []
-        with httpx.Client(base_url=server.url, headers=tokens.header("write"), timeout=60) as c:
+        with http(server.url, tokens.header("write"), 60) as c:
             while True:
                 response = c.post(
                     f"/api/v1/experiments/{eid}/claim",
@@ -84,9 +86,11 @@ def test_concurrent_claims_hand_out_each_run_exactly_once(
 
 
 def test_concurrent_metric_writers_lose_and_duplicate_nothing(
-    server: ThreadedServer, tokens: Tokens
+    server: ThreadedServer,
+    tokens: Tokens,
+    http: Callable[..., httpx.Client],
 ) -> None:
-    admin = httpx.Client(base_url=server.url, headers=tokens.header("admin"), timeout=60)
+    admin = http(server.url, tokens.header("admin"), 60)
     eid = admin.post("/api/v1/experiments", json=experiment_body()).json()["id"]
     runs = admin.post(f"/api/v1/experiments/{eid}/proposals", json={"count": 4}).json()["items"]
     run_ids = [r["id"] for r in runs]
@@ -95,7 +99,7 @@ def test_concurrent_metric_writers_lose_and_duplicate_nothing(
     def writer(index: int) -> int:
         run_id = run_ids[index % len(run_ids)]
         new = 0
-        with httpx.Client(base_url=server.url, headers=tokens.header("write"), timeout=60) as c:
+        with http(server.url, tokens.header("write"), 60) as c:
             for batch in range(batches):
                 steps = range(batch * per_batch, (batch + 1) * per_batch)
                 own = [{"name": f"loss/w{index}", "step": s, "value": s / 7} for s in steps]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -215,10 +215,13 @@ def two_replicas(database_url: str, store: SqlStore) -> Iterator[tuple[str, str]
 
 
 def test_two_replicas_apply_interleaved_feedback_exactly_once(
-    two_replicas: tuple[str, str], tokens: Tokens, store: SqlStore
+    two_replicas: tuple[str, str],
+    tokens: Tokens,
+    store: SqlStore,
+    http: Callable[..., httpx.Client],
 ) -> None:
     urls = two_replicas
-    admin = httpx.Client(base_url=urls[0], headers=tokens.header("admin"), timeout=60)
+    admin = http(urls[0], tokens.header("admin"), 60)
     experiment = admin.post(f"{API}/experiments", json=online_body()).json()
     run_id = admin.post(f"{API}/experiments/{experiment['id']}/runs", json={"name": "main"}).json()[
         "id"
@@ -229,9 +232,7 @@ def test_two_replicas_apply_interleaved_feedback_exactly_once(
 
     def send(index: int) -> None:
         # Sender i alternates between the replicas; all senders post at once.
-        clients = [
-            httpx.Client(base_url=url, headers=tokens.header("write"), timeout=60) for url in urls
-        ]
+        clients = [http(url, tokens.header("write"), 60) for url in urls]
         barrier.wait()
         for j in range(per_sender):
             step = (j * senders + index + 1) * 10

@@ -1,23 +1,47 @@
-"""The ``mixopt`` command line."""
+"""The ``mixopt`` command line.
+
+``serve``, ``db`` and ``token create`` work on the database directly (they run where the server
+runs); ``experiment``, ``runs``, ``fit`` and ``recommend`` talk to a server through
+``mixopt.client`` (``--url``/``$MIXOPT_URL``, ``--token``/``$MIXOPT_TOKEN``).
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+import math
+import re
 import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Annotated, Literal, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import typer
 
 from mixopt import __version__
+from mixopt.schemas import NAME_PATTERN
 from mixopt.settings import Settings, is_loopback
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from mixopt import schemas
+    from mixopt.client import MixoptClient
 
 app = typer.Typer(
     help="mixopt: find the best data mixture for training a language model.", no_args_is_help=True
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+experiment_app = typer.Typer(help="Experiments (through the API).", no_args_is_help=True)
+runs_app = typer.Typer(help="Runs (through the API).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
+app.add_typer(experiment_app, name="experiment")
+app.add_typer(runs_app, name="runs")
 
 DatabaseUrl = Annotated[
     str | None,
@@ -137,9 +161,6 @@ def token_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create an API token; the token is printed alone on the last line (shown once)."""
-    import re
-
-    from mixopt.schemas import NAME_PATTERN
     from service.store import SqlStore, schema
     from service.store.sql import make_engine, utcnow
 
@@ -160,6 +181,798 @@ def token_create(
     )
     typer.echo(secret)
     sys.stdout.flush()
+
+
+# --- commands that talk to a server --------------------------------------------------------------
+
+Url = Annotated[
+    str,
+    typer.Option("--url", envvar="MIXOPT_URL", help="the mixopt server", show_envvar=True),
+]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="MIXOPT_TOKEN",
+        help="API token (Bearer)",
+        show_default=False,
+        show_envvar=True,
+    ),
+]
+DEFAULT_URL = "http://127.0.0.1:8000"
+CLI_RETRIES = 3
+
+
+def _console(stderr: bool = False) -> Console:
+    """A rich console that prints text as it is: names from files and servers are data, never
+    markup or emoji codes."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, markup=False, emoji=False)
+
+
+def _error(message: str) -> None:
+    from rich.text import Text
+
+    _console(stderr=True).print(Text.assemble(("error:", "bold red"), " ", message))
+
+
+@contextmanager
+def _api(url: str, token: str | None) -> Iterator[MixoptClient]:
+    """A client of the server; its errors become a message and exit status 1."""
+    import httpx
+
+    from mixopt.client import MixoptAPIError, MixoptClient
+
+    try:
+        with MixoptClient(url, token, retries=CLI_RETRIES) as client:
+            yield client
+    except MixoptAPIError as exc:
+        _error(f"{exc.status} {exc.problem.title}: {exc.problem.detail}")
+        err = _console(stderr=True)
+        for item in exc.errors:
+            err.print(f"  {'.'.join(str(part) for part in item.loc)}: {item.msg}")
+        raise typer.Exit(1) from None
+    except httpx.TransportError as exc:
+        _error(f"cannot reach {url}: {exc}")
+        raise typer.Exit(1) from None
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+# --- experiment --------------------------------------------------------------------------------
+
+
+def _read_spec(path: Path) -> Any:
+    import yaml
+
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        return json.loads(text)
+    return yaml.safe_load(text)
+
+
+@experiment_app.command("create")
+def experiment_create(
+    file: Annotated[
+        Path,
+        typer.Option(
+            "--file",
+            "-f",
+            exists=True,
+            dir_okay=False,
+            help="YAML or JSON file with the experiment (the body of POST /experiments)",
+        ),
+    ],
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Create an experiment (admin token); its id is printed alone on the last line."""
+    from mixopt.client import ValidationError
+
+    try:
+        spec = _read_spec(file)
+    except Exception as exc:  # OSError, UnicodeDecodeError, JSON and YAML errors
+        raise _fail(f"cannot read {file}: {exc}") from None
+    if not isinstance(spec, dict):
+        raise _fail(f"{file} must hold a mapping (the experiment), not {type(spec).__name__}")
+    with _api(url, token) as client:
+        try:
+            experiment = client.create_experiment(spec)
+        except ValidationError as exc:
+            if not exc.local:
+                raise
+            _error(f"{file} is not a valid experiment:")
+            err = _console(stderr=True)
+            for item in exc.errors:
+                loc = ".".join(str(part) for part in item.loc[1:])
+                err.print(f"  {loc or '(top level)'}: {item.msg}")
+            raise typer.Exit(2) from None
+    out = _console()
+    out.print(
+        f"created {experiment.mode} experiment {experiment.name!r} with method "
+        f"{experiment.method} over {len(experiment.domains)} domains"
+    )
+    typer.echo(experiment.id)
+
+
+@experiment_app.command("list")
+def experiment_list(
+    status: Annotated[str | None, typer.Option(help="active or archived (default: both)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """List experiments with their run counts."""
+    from rich.table import Table
+
+    if status not in (None, "active", "archived"):
+        raise _fail(f"--status must be active or archived, not {status!r}")
+    with _api(url, token) as client:
+        experiments = list(
+            client.iter_experiments(cast(Literal["active", "archived"] | None, status))
+        )
+    if as_json:
+        typer.echo(json.dumps([e.model_dump(mode="json") for e in experiments], indent=2))
+        return
+    table = Table(title=f"{len(experiments)} experiments")
+    for name in ("id", "name", "mode", "method", "domains", "status"):
+        table.add_column(name, overflow="fold")
+    for name in ("pending", "running", "completed", "failed", "excluded"):
+        table.add_column(name, justify="right")
+    table.add_column("created")
+    for e in experiments:
+        c = e.counts
+        table.add_row(
+            e.id,
+            e.name,
+            e.mode,
+            e.method,
+            str(len(e.domains)),
+            e.status,
+            str(c.pending),
+            str(c.running),
+            str(c.completed),
+            str(c.failed),
+            str(c.excluded),
+            e.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    _console().print(table)
+
+
+# --- runs import: reading tables ---------------------------------------------------------------
+
+RUNS_CSV_COLUMNS = {"run_id", "status", "excluded", "attempt", "external_id", "created_at"}
+EXACT_SUM = 1e-6
+"""Rows whose weights sum to 1 within this are sent as they are (the API's own tolerance)."""
+RENORMALISE_WITHIN = 0.01
+"""Rows within 1 % of sum 1 are renormalised; rows further off are refused."""
+
+
+class TableError(Exception):
+    """The files cannot be imported at all (columns, domains, keys), before looking at rows."""
+
+
+@dataclass
+class ImportRow:
+    label: str
+    external_id: str
+    weights: dict[str, float]
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    status: Literal["pending", "completed", "failed"] | None = None
+    excluded: bool = False
+    renormalised: bool = False
+
+
+@dataclass
+class ImportPlan:
+    """What ``runs import`` will send, and what it refuses."""
+
+    kind: Literal["runs.csv", "table"]
+    rows: list[ImportRow]
+    invalid: list[tuple[str, str]]
+    """(row, reason) of each row that cannot be imported."""
+    weight_prefix: str
+    metric_names: list[str]
+    ignored_columns: list[str]
+
+    @property
+    def renormalised(self) -> int:
+        return sum(row.renormalised for row in self.rows)
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise TableError(f"{path} is empty")
+            header = [name.strip() for name in header]
+            duplicated = sorted({name for name in header if header.count(name) > 1})
+            if duplicated:
+                raise TableError(f"{path}: columns appear twice: {', '.join(duplicated)}")
+            rows: list[dict[str, str]] = []
+            for number, cells in enumerate(reader, start=2):
+                if not any(cell.strip() for cell in cells):
+                    continue
+                if len(cells) != len(header):
+                    raise TableError(
+                        f"{path}, line {number}: {len(cells)} cells for {len(header)} columns"
+                    )
+                rows.append(dict(zip(header, cells, strict=True)))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise TableError(f"cannot read {path}: {exc}") from None
+    return header, rows
+
+
+def _weight_prefix(columns: Sequence[str], domains: Sequence[str], given: str | None) -> str:
+    """The prefix that, followed by each domain name, names the weight columns."""
+    present = set(columns)
+    if given is not None:
+        missing = [d for d in domains if given + d not in present]
+        if missing:
+            raise TableError(
+                f"no weight column for the domains {', '.join(missing)} "
+                f"(looked for {given + missing[0]!r}...)"
+            )
+        return given
+    candidates = {
+        column[: len(column) - len(domain)]
+        for column in columns
+        for domain in domains
+        if column.endswith(domain)
+    }
+    found = sorted(p for p in candidates if all(p + d in present for d in domains))
+    if "weight/" in found:
+        return "weight/"
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise TableError(
+            f"cannot find a column for each of the experiment's {len(domains)} domains "
+            f"({', '.join(domains)}); name the columns <prefix><domain> and pass --weight-prefix"
+        )
+    raise TableError(
+        f"the weight columns are ambiguous (prefixes {', '.join(map(repr, found))}); "
+        "pass --weight-prefix"
+    )
+
+
+def _float(text: str) -> float:
+    value = float(text.strip())
+    if not math.isfinite(value):
+        raise ValueError(f"{text.strip()} is not finite")
+    return value
+
+
+def _weights_of(
+    row: Mapping[str, str], prefix: str, domains: Sequence[str]
+) -> tuple[dict[str, float], bool]:
+    """The row's mixture, renormalised if it sums to within 1 % of 1 (and whether it was)."""
+    weights: dict[str, float] = {}
+    for domain in domains:
+        cell = row[prefix + domain]
+        try:
+            value = _float(cell)
+        except ValueError:
+            raise ValueError(
+                f"weight of {domain}: {cell.strip()!r} is not a finite number"
+            ) from None
+        if value < 0:
+            raise ValueError(f"weight of {domain} is negative ({value})")
+        weights[domain] = value
+    total = math.fsum(weights.values())
+    if abs(total - 1) <= EXACT_SUM:
+        return weights, False
+    if abs(total - 1) <= RENORMALISE_WITHIN:
+        return {d: w / total for d, w in weights.items()}, True
+    raise ValueError(f"weights sum to {total:.6g}, more than 1 % away from 1")
+
+
+def plan_import(
+    domains: Sequence[str],
+    path: Path,
+    *,
+    metrics_path: Path | None = None,
+    join: str = "index",
+    weight_prefix: str | None = None,
+    metric_prefix: str | None = None,
+    external_id_column: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> ImportPlan:
+    """Read a ``runs.csv`` exported by the service, or a weights table (optionally joined with
+    a metrics table on ``join``), into runs for an experiment over ``domains``."""
+    header, rows = _read_csv(path)
+    stem = path.stem
+    extra_tags = dict(tags or {})
+    is_runs_csv = "run_id" in header and any(c.startswith("weight/") for c in header)
+    if is_runs_csv:
+        if metrics_path is not None:
+            raise TableError(f"{path} is a runs.csv export; it holds its metrics already")
+        id_column = external_id_column or "run_id"
+        key_columns = {id_column} | (RUNS_CSV_COLUMNS | {"params"}) & set(header)
+        metric_prefix = "metric/" if metric_prefix is None else metric_prefix
+        weight_prefix = "weight/" if weight_prefix is None else weight_prefix
+    else:
+        id_column = external_id_column or (join if join in header else "")
+        key_columns = {join, id_column} & set(header)
+    if external_id_column is not None and external_id_column not in header:
+        raise TableError(f"{path} has no column {external_id_column!r}")
+
+    candidates = [c for c in header if c not in key_columns and not c.startswith("tag/")]
+    prefix = _weight_prefix(candidates, domains, weight_prefix)
+    weight_columns = {prefix + d for d in domains}
+    if prefix:
+        strangers = [c for c in candidates if c.startswith(prefix) and c not in weight_columns]
+        if strangers:
+            raise TableError(
+                f"weight columns name no domain of the experiment: {', '.join(strangers)} "
+                f"(its domains: {', '.join(domains)})"
+            )
+
+    # metric columns of the table and of the joined metrics table: column -> metric name
+    metric_columns: dict[str, str] = {}
+    ignored: list[str] = []
+    tag_columns = [c for c in header if c.startswith("tag/")]
+
+    def take_metrics(columns: Sequence[str], where: str) -> dict[str, str]:
+        taken: dict[str, str] = {}
+        for column in columns:
+            if metric_prefix is not None and not column.startswith(metric_prefix):
+                ignored.append(f"{where}:{column}")
+                continue
+            name = column[len(metric_prefix or "") :]
+            if name in metric_columns.values() or name in taken.values():
+                raise TableError(f"metric {name!r} appears in both files")
+            taken[column] = name
+        return taken
+
+    metric_columns = take_metrics([c for c in candidates if c not in weight_columns], path.name)
+    joined: dict[str, dict[str, str]] = {}
+    joined_metrics: dict[str, str] = {}
+    if metrics_path is not None:
+        metrics_header, metrics_rows = _read_csv(metrics_path)
+        for where, columns in ((path, header), (metrics_path, metrics_header)):
+            if join not in columns:
+                raise TableError(f"{where} has no column {join!r} to join on (--join)")
+        joined_metrics = take_metrics([c for c in metrics_header if c != join], metrics_path.name)
+        for row in metrics_rows:
+            key = row[join].strip()
+            if key in joined:
+                raise TableError(f"{metrics_path}: {join}={key} appears twice")
+            joined[key] = row
+    names = [*metric_columns.values(), *joined_metrics.values()]
+    bad = [n for n in names if not re.fullmatch(NAME_PATTERN, n)]
+    bad += [c for c in tag_columns if not re.fullmatch(NAME_PATTERN, c[len("tag/") :])]
+    if bad:
+        raise TableError(
+            f"names must match {NAME_PATTERN}: {', '.join(map(repr, bad))}"
+            + ("" if metric_prefix else " (strip a prefix with --metric-prefix)")
+        )
+
+    plan = ImportPlan(
+        kind="runs.csv" if is_runs_csv else "table",
+        rows=[],
+        invalid=[],
+        weight_prefix=prefix,
+        metric_names=sorted(names),
+        ignored_columns=ignored,
+    )
+    names_of = {**metric_columns, **joined_metrics}
+    seen: dict[str, str] = {}
+    for number, row in enumerate(rows, start=1):
+        key = row[id_column].strip() if id_column else str(number)
+        label = f"{id_column}={key}" if id_column else f"row {number}"
+        try:
+            if not key:
+                raise ValueError(f"empty {id_column}")
+            external_id = f"{stem}:{key}"
+            if len(external_id) > 256:
+                raise ValueError("the external id (file stem:key) is over 256 characters")
+            if external_id in seen:
+                raise ValueError(f"the same {id_column or 'key'} as {seen[external_id]}")
+            seen[external_id] = label
+            weights, renormalised = _weights_of(row, prefix, domains)
+            cells = [(column, row[column]) for column in metric_columns]
+            if metrics_path is not None:
+                join_key = row[join].strip()
+                other = joined.get(join_key)
+                if other is None:
+                    raise ValueError(f"no row with {join}={join_key} in {metrics_path.name}")
+                cells += [(column, other[column]) for column in joined_metrics]
+            metrics: dict[str, float] = {}
+            for column, cell in cells:
+                if not cell.strip():
+                    continue  # no value for this metric
+                try:
+                    metrics[names_of[column]] = _float(cell)
+                except ValueError:
+                    raise ValueError(f"{column}: {cell.strip()!r} is not a finite number") from None
+            run_tags = {c[len("tag/") :]: row[c] for c in tag_columns if row[c] != ""}
+            run_tags.update(extra_tags)
+            item = ImportRow(
+                label=label,
+                external_id=external_id,
+                weights=weights,
+                metrics=metrics,
+                tags=run_tags,
+                renormalised=renormalised,
+            )
+            if is_runs_csv:
+                status = row.get("status", "").strip()
+                if status in ("pending", "running"):
+                    item.status = "pending"  # a running run comes back as work to do
+                elif status in ("completed", "failed"):
+                    item.status = cast(Literal["completed", "failed"], status)
+                elif status:
+                    raise ValueError(f"unknown status {status!r}")
+                item.excluded = row.get("excluded", "").strip().lower() == "true"
+                if row.get("params", "").strip():
+                    try:
+                        params = json.loads(row["params"])
+                    except ValueError as exc:
+                        raise ValueError(f"params are not JSON: {exc}") from None
+                    if not isinstance(params, dict):
+                        raise ValueError("params must be a JSON object")
+                    item.params = params
+        except ValueError as exc:
+            plan.invalid.append((label, str(exc)))
+            continue
+        plan.rows.append(item)
+    if metrics_path is not None:
+        keys = {row[join].strip() for row in rows}
+        for key in joined:
+            if key not in keys:
+                plan.invalid.append(
+                    (f"{join}={key}", f"in {metrics_path.name} but not in {path.name}")
+                )
+    return plan
+
+
+# --- runs commands -----------------------------------------------------------------------------
+
+
+def _same(stored: schemas.Run, row: ImportRow) -> bool:
+    return stored.weights == row.weights and stored.metrics == row.metrics
+
+
+def _parse_tags(pairs: Sequence[str]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not re.fullmatch(NAME_PATTERN, key):
+            raise _fail(f"--tag takes KEY=VALUE with KEY matching {NAME_PATTERN}, not {pair!r}")
+        tags[key] = value
+    return tags
+
+
+@runs_app.command("import")
+def runs_import(
+    experiment_id: Annotated[str, typer.Argument(help="the experiment to import into")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="runs.csv exported by mixopt, or a table with one column per domain weight",
+        ),
+    ],
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-file", exists=True, dir_okay=False, help="metrics table to join with FILE"
+        ),
+    ] = None,
+    join: Annotated[str, typer.Option(help="the key column joining the two tables")] = "index",
+    weight_prefix: Annotated[
+        str | None,
+        typer.Option(
+            help="weight columns are PREFIX<domain> (default: found from the domain names)",
+            show_default=False,
+        ),
+    ] = None,
+    metric_prefix: Annotated[
+        str | None,
+        typer.Option(
+            help="metric columns are PREFIX<name>; other columns are ignored "
+            "(default: every other column is a metric, named as it is)",
+            show_default=False,
+        ),
+    ] = None,
+    external_id_column: Annotated[
+        str | None,
+        typer.Option(
+            help="column identifying each row (default: run_id for runs.csv, else the --join "
+            "column, else the row number); prefixed with the file name's stem",
+            show_default=False,
+        ),
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE tag for every run (repeatable)")
+    ] = None,
+    skip_invalid: Annotated[
+        bool, typer.Option(help="import the valid rows even if some are refused")
+    ] = False,
+    jobs: Annotated[
+        int, typer.Option(min=1, max=64, help="parallel requests (1 keeps the file's order)")
+    ] = 1,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Import trained (or to-be-trained) runs from CSV files, idempotently.
+
+    Rows whose weights sum to within 1 % of 1 are renormalised; rows further off are refused.
+    Each run's external_id is FILE's stem and the row's key, so importing the same file again
+    changes nothing.
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.table import Table
+
+    from mixopt.client import ConflictError, ValidationError
+
+    extra_tags = _parse_tags(tag or [])
+    out = _console()
+    err = _console(stderr=True)
+    with _api(url, token) as client:
+        experiment = client.get_experiment(experiment_id)
+        if experiment.mode != "offline":
+            raise _fail(f"experiment {experiment_id} is online: its runs are training runs")
+        domains = [d.name for d in experiment.domains]
+        try:
+            plan = plan_import(
+                domains,
+                file,
+                metrics_path=metrics_file,
+                join=join,
+                weight_prefix=weight_prefix,
+                metric_prefix=metric_prefix,
+                external_id_column=external_id_column,
+                tags=extra_tags,
+            )
+        except TableError as exc:
+            raise _fail(str(exc)) from None
+        source = f"{file.name}" + (f" + {metrics_file.name}" if metrics_file else "")
+        out.print(
+            f"{source}: {len(plan.rows) + len(plan.invalid)} rows, "
+            f"{len(domains)} domains (columns {plan.weight_prefix}<domain>), "
+            f"{len(plan.metric_names)} metrics"
+        )
+        if plan.ignored_columns:
+            out.print(f"ignored columns: {', '.join(plan.ignored_columns)}")
+        out.print(f"renormalised {plan.renormalised} rows whose weights summed to within 1 % of 1")
+        if plan.invalid:
+            table = Table(title=f"{len(plan.invalid)} rows refused")
+            table.add_column("row", overflow="fold")
+            table.add_column("reason", overflow="fold")
+            for label, reason in plan.invalid[:50]:
+                table.add_row(label, reason)
+            if len(plan.invalid) > 50:
+                table.add_row("...", f"and {len(plan.invalid) - 50} more")
+            err.print(table)
+            if not skip_invalid:
+                err.print("nothing imported; fix the rows or pass --skip-invalid")
+                raise typer.Exit(1)
+
+        stored = {
+            run.external_id: run
+            for run in client.iter_runs(experiment_id)
+            if run.external_id is not None
+        }
+        created = present = 0
+        failures: list[tuple[str, str]] = []
+
+        stop = threading.Event()
+
+        def send(row: ImportRow) -> tuple[ImportRow, bool | None, str]:
+            known = stored.get(row.external_id)
+            if known is not None and _same(known, row):
+                return row, False, ""
+            if stop.is_set():
+                return row, None, "not sent: the import stopped"
+            try:
+                run = client.import_run(
+                    experiment_id,
+                    row.weights,
+                    metrics=row.metrics,
+                    params=row.params,
+                    tags=row.tags,
+                    status=row.status,
+                    external_id=row.external_id,
+                )
+                if row.excluded and not run.excluded:
+                    client.exclude(run.id, True, reason=f"excluded in {file.name}")
+            except (ConflictError, ValidationError) as exc:
+                return row, None, exc.detail  # this row's problem: the others go on
+            except BaseException:
+                stop.set()  # 401, 403, 404, a lost server: no other row would fare better
+                raise
+            return row, run.created, ""
+
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+        )
+        pool = ThreadPoolExecutor(jobs)
+        try:
+            with progress:
+                task = progress.add_task("importing", total=len(plan.rows))
+                for row, new, problem in pool.map(send, plan.rows):
+                    if new is None:
+                        failures.append((row.label, problem))
+                    elif new:
+                        created += 1
+                    else:
+                        present += 1
+                    progress.advance(task)
+        finally:
+            # After an error that ends the import (401, 404, a lost server, ^C), the rows not
+            # yet sent are dropped rather than each failing in turn.
+            pool.shutdown(wait=True, cancel_futures=True)
+    out.print(
+        f"imported {created + present} runs into experiment {experiment_id}: "
+        f"{created} new, {present} already present"
+        + (f", {len(plan.invalid)} rows skipped" if plan.invalid else "")
+    )
+    if failures:
+        table = Table(title=f"{len(failures)} rows not imported")
+        table.add_column("row", overflow="fold")
+        table.add_column("reason", overflow="fold")
+        for label, reason in failures:
+            table.add_row(label, reason)
+        err.print(table)
+        raise typer.Exit(1)
+
+
+@runs_app.command("export")
+def runs_export(
+    experiment_id: Annotated[str, typer.Argument(help="the experiment")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", dir_okay=False, help="file to write (default: stdout)"),
+    ] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Every run of the experiment as CSV (weight/, metric/ and tag/ columns)."""
+    with _api(url, token) as client:
+        text = client.export_runs_csv(experiment_id)
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    output.write_text(text, encoding="utf-8")
+    runs = max(0, len(text.splitlines()) - 1)
+    _console(stderr=True).print(f"wrote {runs} runs to {output}")
+
+
+# --- fit and recommend -------------------------------------------------------------------------
+
+
+@app.command()
+def fit(
+    experiment_id: Annotated[str, typer.Argument(help="the offline experiment")],
+    model: Annotated[
+        str, typer.Option(help="auto, lightgbm, linear, loglinear, mixing_law or gp")
+    ] = "auto",
+    top: Annotated[int, typer.Option(min=1, help="domains to show by importance")] = 20,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Fit a regressor on the completed runs, cross-validate it and search the recommendation."""
+    from rich.table import Table
+
+    with _api(url, token) as client:
+        report = client.fit(experiment_id, model)
+    out = _console()
+    out.print(
+        f"fit {report.id}: {report.model} (requested {report.requested}) on {report.n_runs} runs"
+    )
+    cv = Table(title=f"{report.cv.folds}-fold cross-validation")
+    for name in ("spearman", "pearson", "mae", "r2"):
+        cv.add_column(name, justify="right")
+    cv.add_row(*(_number(getattr(report.cv, n)) for n in ("spearman", "pearson", "mae", "r2")))
+    out.print(cv)
+    if report.candidates:
+        candidates = Table(title="models compared")
+        candidates.add_column("model")
+        candidates.add_column("spearman", justify="right")
+        for candidate in sorted(
+            report.candidates, key=lambda c: -(c.spearman if c.spearman is not None else -2)
+        ):
+            marker = " *" if candidate.model == report.model else ""
+            candidates.add_row(candidate.model + marker, _number(candidate.spearman))
+        out.print(candidates)
+    if report.importance:
+        importance = Table(title="domain importance")
+        importance.add_column("domain")
+        importance.add_column("importance", justify="right")
+        ranked = sorted(report.importance.items(), key=lambda item: -item[1])
+        for domain, value in ranked[:top]:
+            importance.add_row(domain, _number(value))
+        out.print(importance)
+    if report.noise.replicate_groups:
+        out.print(
+            f"run-to-run noise: std {_number(report.noise.std)} "
+            f"from {report.noise.replicate_groups} groups of replicates"
+        )
+
+
+def _interval(predicted: schemas.Predicted | None) -> str:
+    if predicted is None:
+        return "-"
+    return f"{predicted.value:.4f} [{predicted.low:.4f}, {predicted.high:.4f}]"
+
+
+@app.command()
+def recommend(
+    experiment_id: Annotated[str, typer.Argument(help="the experiment")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """The recommended mixture (of the latest fit, or of an online experiment's runs)."""
+    from rich.table import Table
+
+    with _api(url, token) as client:
+        experiment = client.get_experiment(experiment_id)
+        rec = client.recommendation(experiment_id)
+    if as_json:
+        typer.echo(json.dumps(rec.model_dump(mode="json"), indent=2))
+        return
+    out = _console()
+    source = (
+        f"fit {rec.fit_id} ({rec.model}, {rec.n_runs} runs)"
+        if rec.fit_id
+        else f"run {rec.run_id}"
+        if rec.run_id
+        else "the service"
+    )
+    table = Table(title=f"recommended mixture for {experiment.name!r} from {source}")
+    table.add_column("domain")
+    table.add_column("recommended", justify="right")
+    baseline = rec.baseline.weights if rec.baseline is not None else None
+    if baseline is not None:
+        table.add_column("baseline", justify="right")
+    table.add_column("prior", justify="right")
+    priors = {d.name: d.prior for d in experiment.domains}
+    for domain in sorted(rec.weights, key=lambda d: -rec.weights[d]):
+        cells = [domain, f"{rec.weights[domain]:.4f}"]
+        if baseline is not None:
+            cells.append(f"{baseline.get(domain, 0.0):.4f}")
+        cells.append(_number(priors.get(domain)))
+        table.add_row(*cells)
+    out.print(table)
+    objective = ", ".join(f"{w:g}×{m}" for m, w in experiment.objective.metrics.items())
+    if rec.predicted is not None:
+        out.print(
+            f"predicted {experiment.objective.direction} objective ({objective}): "
+            f"{_interval(rec.predicted)} (80 % interval)"
+        )
+    if rec.baseline is not None and rec.baseline.predicted is not None:
+        out.print(f"baseline (the prior mixture): {_interval(rec.baseline.predicted)}")
+    if rec.p_better_than_baseline is not None:
+        out.print(f"probability better than the baseline: {rec.p_better_than_baseline:.2f}")
+    if rec.alternatives:
+        out.print(f"{len(rec.alternatives)} alternative mixtures within the noise of the best")
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ class Operations:
     # --- offline runs ---
 
     def _offline(self, experiment_id: str) -> ExperimentRecord:
-        experiment = self.store.get_experiment(experiment_id)
+        experiment = self.store.get_experiment(experiment_id, counts=False)
         if experiment.mode != "offline":
             raise Conflict(
                 f"experiment {experiment_id} is online: its runs are training runs "
@@ -156,22 +156,31 @@ class Operations:
         return self.store.add_runs(experiment_id, new_runs, request.request_id)
 
     def history(self, experiment: ExperimentRecord, space: DomainSpace) -> list[Observation]:
+        return [obs for _, obs in self._observed(experiment, space)]
+
+    def _observed(
+        self, experiment: ExperimentRecord, space: DomainSpace
+    ) -> list[tuple[RunRecord, Observation]]:
+        """Every run with the mixers' view of it (weights as an array, objective value)."""
         return [
-            Observation(
-                weights=space.to_array(run.weights),
-                params=run.params,
-                objective=objective_value(experiment.objective, run.metrics)
-                if run.status == "completed"
-                else None,
-                status=run.status,
-                excluded=run.excluded,
+            (
+                run,
+                Observation(
+                    weights=space.to_array(run.weights),
+                    params=run.params,
+                    objective=objective_value(experiment.objective, run.metrics)
+                    if run.status == "completed"
+                    else None,
+                    status=run.status,
+                    excluded=run.excluded,
+                ),
             )
             for run in self.store.iter_runs(experiment.id)
         ]
 
     def add_run(self, experiment_id: str, payload: Mapping[str, Any]) -> tuple[RunRecord, bool]:
         """``POST /experiments/{id}/runs``: the body's schema depends on the experiment's mode."""
-        experiment = self.store.get_experiment(experiment_id)
+        experiment = self.store.get_experiment(experiment_id, counts=False)
         model: type[schemas.RunImport] | type[schemas.OnlineRunCreate] = (
             schemas.RunImport if experiment.mode == "offline" else schemas.OnlineRunCreate
         )
@@ -188,14 +197,18 @@ class Operations:
                 [ErrorItem(("body", *e["loc"]), e["msg"]) for e in exc.errors()],
             ) from None
         if isinstance(body, schemas.OnlineRunCreate):
-            return self.start_online_run(experiment_id, body)
-        return self.import_run(experiment_id, body)
+            return self._start_online_run(experiment, body)
+        return self._import_run(experiment, body)
 
     def import_run(self, experiment_id: str, body: schemas.RunImport) -> tuple[RunRecord, bool]:
-        experiment = self._offline(experiment_id)
+        return self._import_run(self._offline(experiment_id), body)
+
+    def _import_run(
+        self, experiment: ExperimentRecord, body: schemas.RunImport
+    ) -> tuple[RunRecord, bool]:
         space_of(experiment).validate_weights(body.weights, loc=("body", "weights"))
         return self.store.import_run(
-            experiment_id,
+            experiment.id,
             NewRun(
                 weights=body.weights,
                 params=body.params,
@@ -212,7 +225,7 @@ class Operations:
         ``mixopt runs import`` reads this format back. The prefixes cannot clash with names:
         a column's kind is what stands before its first slash.
         """
-        experiment = self.store.get_experiment(experiment_id)
+        experiment = self.store.get_experiment(experiment_id, counts=False)
         runs = list(self.store.iter_runs(experiment_id))
         return _csv_rows(experiment, runs)
 
@@ -228,11 +241,7 @@ class Operations:
         space = space_of(experiment)
         usable = [
             (run.id, obs)
-            for run, obs in zip(
-                self.store.iter_runs(experiment.id),
-                self.history(experiment, space),
-                strict=True,
-            )
+            for run, obs in self._observed(experiment, space)
             if obs.status == "completed" and not obs.excluded and obs.objective is not None
         ]
         if len(usable) < fitting.MIN_RUNS:
@@ -305,12 +314,18 @@ class Operations:
     def start_online_run(
         self, experiment_id: str, body: schemas.OnlineRunCreate
     ) -> tuple[RunRecord, bool]:
-        experiment = self.store.get_experiment(experiment_id)
+        experiment = self.store.get_experiment(experiment_id, counts=False)
         if experiment.mode != "online":
             raise InvalidInput.at(
                 ("body",),
                 f"experiment {experiment_id} is offline: import a run with its weights",
             )
+        return self._start_online_run(experiment, body)
+
+    def _start_online_run(
+        self, experiment: ExperimentRecord, body: schemas.OnlineRunCreate
+    ) -> tuple[RunRecord, bool]:
+        experiment_id = experiment.id
         mixer, config = self._online_mixer(experiment)
         space = space_of(experiment)
         state = mixer.init_state(space, config.seed or 0)
@@ -346,7 +361,7 @@ class Operations:
             current = self.store.online_state(run_id)
             if current.frozen:
                 raise Conflict(f"run {run_id} is completed; its mixer state is frozen")
-            experiment = self.store.get_experiment(current.experiment_id)
+            experiment = self.store.get_experiment(current.experiment_id, counts=False)
             space = space_of(experiment)
             _check_domains(space, body)
             mixer, _ = self._online_mixer(experiment)
@@ -377,7 +392,7 @@ class Operations:
     def recommendation(self, experiment_id: str) -> schemas.Recommendation:
         """Offline: the latest fit's stored recommendation (no search here). Online: the weights
         to reuse for a fresh run."""
-        experiment = self.store.get_experiment(experiment_id)
+        experiment = self.store.get_experiment(experiment_id, counts=False)
         if experiment.mode == "online":
             return self.online_recommendation(experiment)
         latest = self.store.latest_fit(experiment_id)

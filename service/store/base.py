@@ -178,7 +178,9 @@ class Store(ABC):
         """``Conflict`` if an active experiment already has the name."""
 
     @abstractmethod
-    def get_experiment(self, experiment_id: str) -> ExperimentRecord: ...
+    def get_experiment(self, experiment_id: str, *, counts: bool = True) -> ExperimentRecord:
+        """With ``counts=False`` the run counts are left at zero (one query fewer, which matters
+        on hot paths of experiments with many runs)."""
 
     @abstractmethod
     def list_experiments(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -180,8 +181,10 @@ class SqlStore(Store):
 
     # --- experiments --------------------------------------------------------------------------
 
-    def _counts(self, conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, int]]:
-        counts = {i: dict.fromkeys((*_STATUSES, "excluded"), 0) for i in ids}
+    def _counts(self, conn: Connection, ids: Sequence[int]) -> defaultdict[int, dict[str, int]]:
+        counts: defaultdict[int, dict[str, int]] = defaultdict(
+            lambda: dict.fromkeys((*_STATUSES, "excluded"), 0)
+        )
         if not ids:
             return counts
         rows = conn.execute(
@@ -253,11 +256,11 @@ class SqlStore(Store):
         except IntegrityError as exc:
             raise Conflict(f"an active experiment is already named {new.name!r}") from exc
 
-    def get_experiment(self, experiment_id: str) -> ExperimentRecord:
+    def get_experiment(self, experiment_id: str, *, counts: bool = True) -> ExperimentRecord:
         eid = _parse_id(experiment_id, "experiment")
         with self._read() as conn:
             row = self._load_experiment(conn, eid)
-            return self._experiment(row, self._counts(conn, [eid])[eid])
+            return self._experiment(row, self._counts(conn, [eid] if counts else [])[eid])
 
     def list_experiments(
         self, *, status: str | None, limit: int, cursor: str | None

@@ -1,0 +1,456 @@
+"""The API commands of the ``mixopt`` CLI, run in-process (CliRunner) against a live server on
+SQLite and on Postgres; ``runs import`` of the real RegMix files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner, Result
+
+import mixopt.client
+from mixopt.cli import app
+from mixopt.client import MixoptClient
+from mixopt.settings import Settings
+from service.main import create_app
+from service.store import NewRun, SqlStore
+from tests.conftest import Tokens
+from tests.servers import ThreadedServer
+
+REGMIX = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "regmix"
+WEIGHTS_FILE = REGMIX / "train_mixture_1m.csv"
+LOSSES_FILE = REGMIX / "train_pile_loss_1m.csv"
+PILE_PREFIX = "train_the_pile_"
+
+Invoke = Callable[..., Result]
+
+
+def regmix_domains() -> list[str]:
+    with WEIGHTS_FILE.open() as handle:
+        header = next(csv.reader(handle))
+    return [c[len(PILE_PREFIX) :] for c in header if c.startswith(PILE_PREFIX)]
+
+
+def experiment_spec(name: str, domains: list[str], objective: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "method": "regmix",
+        "domains": [{"name": d} for d in domains],
+        "objective": {"metrics": {objective: 1.0}},
+        "config": {"seed": 1},
+    }
+
+
+@pytest.fixture
+def server(store: SqlStore) -> Iterator[ThreadedServer]:
+    with ThreadedServer(create_app(Settings(token_cache_seconds=0), store)) as running:
+        yield running
+
+
+@pytest.fixture
+def mixopt_cli(server: ThreadedServer, tokens: Tokens) -> Invoke:
+    """Run ``mixopt ARGS --url URL --token TOKEN`` in-process (admin token unless given)."""
+    runner = CliRunner()
+
+    def invoke(*args: str, token: str | None = None, expect: int | None = 0) -> Result:
+        result = runner.invoke(
+            app,
+            [*args, "--url", server.url, "--token", token or tokens.admin],
+            env={"COLUMNS": "240", "MIXOPT_URL": None, "MIXOPT_TOKEN": None},
+        )
+        if expect is not None:
+            assert result.exit_code == expect, (result.output, result.exception)
+        return result
+
+    return invoke
+
+
+@pytest.fixture
+def api(server: ThreadedServer, tokens: Tokens) -> Iterator[MixoptClient]:
+    with MixoptClient(server.url, tokens.admin) as client:
+        yield client
+
+
+def create(api: MixoptClient, tmp_path: Path, invoke: Invoke, spec: dict[str, Any]) -> str:
+    path = tmp_path / f"{spec['name']}.json"
+    path.write_text(json.dumps(spec))
+    result = invoke("experiment", "create", "-f", str(path))
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_experiment_create_from_yaml_or_json_and_list(
+    mixopt_cli: Invoke, api: MixoptClient, tmp_path: Path, tokens: Tokens
+) -> None:
+    yaml_spec = tmp_path / "spec.yaml"
+    yaml_spec.write_text(
+        "name: pile-3\n"
+        "method: regmix\n"
+        "domains:\n"
+        "  - {name: web, tokens: 6.0e9}\n"
+        "  - {name: code, tokens: 2.0e9}\n"
+        "  - {name: papers, max_weight: 0.5}\n"
+        "objective:\n"
+        "  metrics: {val_loss/web: 1.0}\n"
+        "config: {seed: 7}\n"
+    )
+    result = mixopt_cli("experiment", "create", "-f", str(yaml_spec))
+    eid = result.stdout.strip().splitlines()[-1]
+    assert "regmix over 3 domains" in result.stdout
+    experiment = api.get_experiment(eid)
+    assert experiment.name == "pile-3"
+    assert [d.name for d in experiment.domains] == ["web", "code", "papers"]
+    assert experiment.domains[2].max_weight == 0.5
+    assert experiment.config["seed"] == 7
+
+    json_spec = tmp_path / "spec.json"
+    json_spec.write_text(json.dumps({**experiment_spec("other", ["a", "b"], "loss"), "config": {}}))
+    other = mixopt_cli("experiment", "create", "-f", str(json_spec)).stdout.split()[-1]
+
+    for run in api.propose(eid, 3):
+        api.complete(run.id, {"val_loss/web": 3.0})
+    api.propose(eid, 2)
+    api.exclude(api.propose(other, 1)[0].id)
+
+    listing = mixopt_cli("experiment", "list").stdout
+    rows = {line.split("│")[1].strip(): line for line in listing.splitlines() if "│" in line}
+    assert [cell.strip() for cell in rows[eid].split("│")[2:12]] == [
+        "pile-3", "offline", "regmix", "3", "active", "2", "0", "3", "0", "0",
+    ]  # fmt: skip
+    assert [cell.strip() for cell in rows[other].split("│")[2:12]] == [
+        "other", "offline", "regmix", "2", "active", "1", "0", "0", "0", "1",
+    ]  # fmt: skip
+    assert "2 experiments" in listing
+    as_json = json.loads(mixopt_cli("experiment", "list", "--json").stdout)
+    assert {e["id"] for e in as_json} == {eid, other}
+    api.archive_experiment(other)
+    archived = json.loads(mixopt_cli("experiment", "list", "--status", "archived", "--json").stdout)
+    assert [e["id"] for e in archived] == [other]
+
+    # Refusals: a duplicate name (409), an invalid file (before sending), a read token (403).
+    duplicate = mixopt_cli("experiment", "create", "-f", str(yaml_spec), expect=1)
+    assert "409" in duplicate.stderr
+    invalid = tmp_path / "invalid.yaml"
+    invalid.write_text("name: x\nmethod: regmix\ndomains: [{name: a}]\n")
+    refused = mixopt_cli("experiment", "create", "-f", str(invalid), expect=2)
+    assert "domains" in refused.stderr
+    not_yaml = tmp_path / "broken.yaml"
+    not_yaml.write_text("name: [unclosed\n")
+    assert "cannot read" in mixopt_cli("experiment", "create", "-f", str(not_yaml), expect=2).stderr
+    json_spec.write_text(json.dumps(experiment_spec("third", ["a", "b"], "loss")))
+    forbidden = mixopt_cli(
+        "experiment", "create", "-f", str(json_spec), token=tokens.read, expect=1
+    )
+    assert "403" in forbidden.stderr
+
+
+def test_regmix_import_creates_512_runs_and_reimport_is_a_no_op(
+    mixopt_cli: Invoke, api: MixoptClient, tmp_path: Path
+) -> None:
+    domains = regmix_domains()
+    assert len(domains) == 17
+    objective = "metric/the_pile_pile_cc_val_loss"
+    eid = create(api, tmp_path, mixopt_cli, experiment_spec("regmix-1m", domains, objective))
+
+    imported = mixopt_cli(
+        "runs", "import", eid, str(WEIGHTS_FILE), "--metrics-file", str(LOSSES_FILE)
+    ).stdout
+    assert "512 rows, 17 domains (columns train_the_pile_<domain>), 13 metrics" in imported
+    assert "renormalised 303 rows" in imported  # 209 rows sum to 1, 303 within 1 %, none beyond
+    assert "512 new, 0 already present" in imported
+
+    experiment = api.get_experiment(eid)
+    assert experiment.counts.completed == 512
+    runs = list(api.iter_runs(eid))
+    assert len(runs) == 512
+    with WEIGHTS_FILE.open() as handle:
+        table = {row["index"]: row for row in csv.DictReader(handle)}
+    with LOSSES_FILE.open() as handle:
+        losses = {row["index"]: row for row in csv.DictReader(handle)}
+    for run in runs:
+        assert run.external_id is not None
+        stem, key = run.external_id.split(":")
+        assert stem == "train_mixture_1m"
+        assert set(run.weights) == set(domains)
+        assert abs(math.fsum(run.weights.values()) - 1) <= 1e-9
+        raw = {d: float(table[key][PILE_PREFIX + d]) for d in domains}
+        total = math.fsum(raw.values())
+        for d in domains:
+            assert math.isclose(run.weights[d], raw[d] / total, rel_tol=1e-12, abs_tol=1e-15)
+        assert len(run.metrics) == 13
+        assert run.metrics == {n: float(v) for n, v in losses[key].items() if n != "index"}
+
+    again = mixopt_cli(
+        "runs", "import", eid, str(WEIGHTS_FILE), "--metrics-file", str(LOSSES_FILE)
+    ).stdout
+    assert "0 new, 512 already present" in again
+    assert [r.id for r in api.iter_runs(eid)] == [r.id for r in runs]
+
+    fitted = mixopt_cli("fit", eid, "--model", "linear").stdout
+    assert "linear (requested linear) on 512 runs" in fitted
+    assert "5-fold cross-validation" in fitted
+    assert "domain importance" in fitted
+    recommended = mixopt_cli("recommend", eid).stdout
+    stored = api.recommendation(eid)
+    top = max(stored.weights, key=lambda d: stored.weights[d])
+    row = next(line for line in recommended.splitlines() if f"│ {top} " in line)
+    assert row.split("│")[2].strip() == f"{stored.weights[top]:.4f}"
+    assert "predicted minimize objective" in recommended
+    assert json.loads(mixopt_cli("recommend", eid, "--json").stdout)["fit_id"] == stored.fit_id
+
+
+def regmix_swarm() -> list[tuple[dict[str, float], dict[str, float]]]:
+    """The RegMix training swarm: renormalised weights and the 13 losses of each run."""
+    with WEIGHTS_FILE.open() as handle:
+        mixtures = list(csv.DictReader(handle))
+    with LOSSES_FILE.open() as handle:
+        losses = {row.pop("index"): row for row in csv.DictReader(handle)}
+    swarm = []
+    for row in mixtures:
+        raw = {k[len(PILE_PREFIX) :]: float(v) for k, v in row.items() if k != "index"}
+        total = math.fsum(raw.values())
+        metrics = {name: float(value) for name, value in losses[row["index"]].items()}
+        swarm.append(({d: w / total for d, w in raw.items()}, metrics))
+    return swarm
+
+
+# Postgres only, to keep these tests within their time budget: it is the backend that could alter
+# floats (JSONB keeps numbers as decimals); SQLite's exactness is checked by the RegMix import.
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_exported_runs_csv_round_trips_into_a_fresh_experiment(
+    mixopt_cli: Invoke, api: MixoptClient, store: SqlStore, tmp_path: Path
+) -> None:
+    domains = regmix_domains()
+    objective = "metric/the_pile_pile_cc_val_loss"
+    source = create(api, tmp_path, mixopt_cli, experiment_spec("source", domains, objective))
+    swarm = regmix_swarm()
+    runs = [
+        NewRun(weights, metrics=metrics, status="completed", tags={"seed": str(i % 3)})
+        for i, (weights, metrics) in enumerate(swarm[:500])
+    ]
+    runs += [NewRun(w, tags={"size": "1M"}, params={"lr": 0.001}) for w, _ in swarm[500:510]]
+    runs += [NewRun(w, status="failed") for w, _ in swarm[510:]]
+    stored = store.add_runs(source, runs)
+    for run in stored[::100]:
+        api.exclude(run.id, reason="bad node")
+
+    exported = tmp_path / "regmix-export.csv"
+    mixopt_cli("runs", "export", source, "-o", str(exported))
+    on_stdout = mixopt_cli("runs", "export", source).stdout
+    assert on_stdout == exported.read_text()
+    assert len(on_stdout.splitlines()) == 513
+
+    fresh = create(api, tmp_path, mixopt_cli, experiment_spec("copy", domains, objective))
+    copied = mixopt_cli("runs", "import", fresh, str(exported), "--jobs", "4").stdout
+    assert "512 rows, 17 domains (columns weight/<domain>), 13 metrics" in copied
+    assert "renormalised 0 rows" in copied
+    assert "512 new, 0 already present" in copied
+    originals = {r.id: r for r in api.iter_runs(source)}
+    copies = list(api.iter_runs(fresh))
+    assert len(copies) == 512
+    for copy in copies:
+        assert copy.external_id is not None
+        stem, original_id = copy.external_id.split(":")
+        assert stem == "regmix-export"
+        original = originals[original_id]
+        assert copy.weights == original.weights  # exactly: floats survive the CSV round trip
+        assert copy.metrics == original.metrics
+        assert (copy.status, copy.tags, copy.params, copy.excluded) == (
+            original.status,
+            original.tags,
+            original.params,
+            original.excluded,
+        )
+    counts = api.get_experiment(fresh).counts
+    assert (counts.completed, counts.pending, counts.failed, counts.excluded) == (500, 10, 2, 6)
+    again = mixopt_cli("runs", "import", fresh, str(exported)).stdout
+    assert "0 new, 512 already present" in again
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_import_renormalises_rows_within_one_percent_and_refuses_the_others(
+    mixopt_cli: Invoke, api: MixoptClient, tmp_path: Path
+) -> None:
+    eid = create(api, tmp_path, mixopt_cli, experiment_spec("small", ["a", "b", "c"], "loss"))
+    table = write_csv(
+        tmp_path / "mixes.csv",
+        ["id", "w_a", "w_b", "w_c", "eval:loss", "eval:acc", "note"],
+        [
+            ["r1", 0.5, 0.3, 0.2, 3.0, 0.5, "x"],  # sums to 1
+            ["r2", 0.5, 0.3, 0.195, 3.1, "", "x"],  # 0.995: renormalised; no accuracy
+            ["r3", 0.5, 0.308, 0.2, 3.2, 0.4, "x"],  # 1.008: renormalised
+            ["r4", 0.5, 0.28, 0.2, 3.3, 0.4, "x"],  # 0.98: refused
+            ["r5", 0.5, -0.1, 0.6, 3.4, 0.4, "x"],  # negative: refused
+            ["r6", 0.5, 0.3, 0.2, "nan", 0.4, "x"],  # not finite: refused
+        ],
+    )
+    args = ["runs", "import", eid, str(table), "--external-id-column", "id"]
+    args += ["--metric-prefix", "eval:", "--tag", "size=1M"]
+    refused = mixopt_cli(*args, expect=1)
+    assert "3 rows refused" in refused.stderr
+    for label, reason in [("id=r4", "sum to 0.98"), ("id=r5", "negative"), ("id=r6", "nan")]:
+        line = next(line for line in refused.stderr.splitlines() if label in line)
+        assert reason in line
+    assert "nothing imported" in refused.stderr
+    assert list(api.iter_runs(eid)) == []
+
+    done = mixopt_cli(*args, "--skip-invalid").stdout
+    assert "renormalised 2 rows" in done
+    assert "ignored columns: mixes.csv:note" in done
+    assert "3 new, 0 already present, 3 rows skipped" in done
+    runs = {r.external_id: r for r in api.iter_runs(eid)}
+    assert set(runs) == {"mixes:r1", "mixes:r2", "mixes:r3"}
+    assert runs["mixes:r1"].weights == {"a": 0.5, "b": 0.3, "c": 0.2}
+    assert runs["mixes:r2"].weights == {"a": 0.5 / 0.995, "b": 0.3 / 0.995, "c": 0.195 / 0.995}
+    assert runs["mixes:r2"].metrics == {"loss": 3.1}
+    assert runs["mixes:r3"].metrics == {"loss": 3.2, "acc": 0.4}
+    assert all(r.tags == {"size": "1M"} for r in runs.values())
+
+    # A weights-only table without a key column: pending runs keyed by row number.
+    pending = write_csv(tmp_path / "todo.csv", ["a", "b", "c"], [[0.2, 0.3, 0.5], [1, 0, 0]])
+    out = mixopt_cli("runs", "import", eid, str(pending)).stdout
+    assert "columns <domain>" in out
+    assert "2 new" in out
+    todo = [r for r in api.iter_runs(eid) if (r.external_id or "").startswith("todo:")]
+    assert [(r.external_id, r.status) for r in todo] == [
+        ("todo:1", "pending"),
+        ("todo:2", "pending"),
+    ]
+
+
+def test_import_refuses_files_that_do_not_fit_the_experiment(
+    mixopt_cli: Invoke, api: MixoptClient, tmp_path: Path, tokens: Tokens, server: ThreadedServer
+) -> None:
+    eid = create(api, tmp_path, mixopt_cli, experiment_spec("fit", ["a", "b"], "loss"))
+    cases = {
+        "extra domain": (["index", "w_a", "w_b", "w_c"], "w_c", ["--weight-prefix", "w_"]),
+        "missing domain": (["index", "w_a", "loss"], "cannot find a column", []),
+        "bad metric name": (["index", "a", "b", "val loss"], "'val loss'", []),
+    }
+    for name, (header, message, extra) in cases.items():
+        path = write_csv(tmp_path / "bad.csv", header, [[1] + [0.5] * (len(header) - 1)])
+        result = mixopt_cli("runs", "import", eid, str(path), *extra, expect=2)
+        assert message in result.stderr, name
+    weights = write_csv(tmp_path / "w.csv", ["index", "a", "b"], [[1, 0.5, 0.5], [2, 1, 0]])
+    metrics = write_csv(tmp_path / "m.csv", ["index", "loss"], [[1, 3.0], [3, 2.0]])
+    joined = mixopt_cli(
+        "runs", "import", eid, str(weights), "--metrics-file", str(metrics), expect=1
+    ).stderr
+    assert "no row with index=2 in m.csv" in joined
+    assert "in m.csv but not in w.csv" in joined
+    missing = mixopt_cli("runs", "import", "999999", str(weights), expect=1)
+    assert "404" in missing.stderr
+    many = write_csv(tmp_path / "many.csv", ["a", "b"], [[0.5, 0.5]] * 200)
+    reader = mixopt_cli("runs", "import", eid, str(many), token=tokens.read, expect=1)
+    assert "403" in reader.stderr
+    # The import stopped at the first refusal instead of sending every row to be refused.
+    exposition = httpx.get(f"{server.url}/metrics").text
+    refused = 'mixopt_http_requests_total{method="POST",route="add_run",status="403"}'
+    assert [line.split()[-1] for line in exposition.splitlines() if line.startswith(refused)] == [
+        "1.0"
+    ]
+    assert list(api.iter_runs(eid)) == []
+
+
+def test_a_changed_file_conflicts_with_the_first_import(
+    mixopt_cli: Invoke, api: MixoptClient, tmp_path: Path
+) -> None:
+    eid = create(api, tmp_path, mixopt_cli, experiment_spec("conflict", ["a", "b"], "loss"))
+    path = tmp_path / "runs.csv"
+    write_csv(path, ["index", "a", "b", "loss"], [[1, 0.5, 0.5, 3.0], [2, 0.4, 0.6, 3.5]])
+    mixopt_cli("runs", "import", eid, str(path))
+    write_csv(path, ["index", "a", "b", "loss"], [[1, 0.5, 0.5, 3.0], [2, 0.4, 0.6, 3.25]])
+    result = mixopt_cli("runs", "import", eid, str(path), expect=1)
+    assert "1 rows not imported" in result.stderr
+    assert "index=2" in result.stderr
+    assert "1 already present" in result.stdout
+    assert sorted(r.metrics["loss"] for r in api.iter_runs(eid)) == [3.0, 3.5]
+
+
+# --- fit and recommend: every part of the contract's example answers is shown -----------------
+
+FIT = {
+    "id": "5", "model": "lightgbm", "requested": "auto", "n_runs": 512,
+    "fitted_at": "2026-01-01T00:00:00Z",
+    "cv": {"folds": 5, "spearman": 0.97, "pearson": 0.98, "mae": 0.004, "r2": 0.95},
+    "candidates": [{"model": "linear", "spearman": 0.9}, {"model": "lightgbm", "spearman": 0.97}],
+    "importance": {"web": 0.7, "code": 0.3}, "noise": {"replicate_groups": 3, "std": 0.004},
+}  # fmt: skip
+PREDICTED = {"value": 3.05, "low": 3.01, "high": 3.09}
+RECOMMENDATION = {
+    "weights": {"web": 0.6, "code": 0.4}, "predicted": PREDICTED,
+    "baseline": {"weights": {"web": 0.75, "code": 0.25},
+                 "predicted": {"value": 3.12, "low": 3.08, "high": 3.16}},
+    "p_better_than_baseline": 0.97, "alternatives": [], "fit_id": "5", "model": "lightgbm",
+    "n_runs": 512,
+}  # fmt: skip
+EXPERIMENT = {
+    "id": "1", "name": "pile-2", "mode": "offline", "method": "regmix",
+    "domains": [{"name": "web", "prior": 0.75}, {"name": "code", "prior": 0.25}],
+    "objective": {"metrics": {"val_loss/web": 1.0}, "direction": "minimize"},
+    "config": {}, "status": "active", "created_at": "2026-01-01T00:00:00Z",
+}  # fmt: skip
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch) -> list[httpx.Request]:
+    """The CLI's clients answer from the contract's examples instead of a server."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        path = request.url.path
+        if path.endswith("/fit"):
+            return httpx.Response(200, json=FIT)
+        if path.endswith("/recommendation"):
+            return httpx.Response(200, json=RECOMMENDATION)
+        return httpx.Response(200, json=EXPERIMENT)
+
+    class Scripted(MixoptClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "transport": httpx.MockTransport(handler)})
+
+    monkeypatch.setattr(mixopt.client, "MixoptClient", Scripted)
+    return seen
+
+
+def test_fit_and_recommend_print_tables(scripted: list[httpx.Request]) -> None:
+    runner = CliRunner()
+    env = {"COLUMNS": "200"}
+    fitted = runner.invoke(app, ["fit", "1", "--model", "lightgbm", "--token", "t"], env=env)
+    assert fitted.exit_code == 0, fitted.output
+    assert "fit 5: lightgbm (requested auto) on 512 runs" in fitted.stdout
+    assert "0.9700" in fitted.stdout
+    assert "lightgbm *" in fitted.stdout
+    assert json.loads(scripted[0].read())["model"] == "lightgbm"
+    assert scripted[0].headers["authorization"] == "Bearer t"
+
+    shown = runner.invoke(app, ["recommend", "1"], env=env)
+    assert shown.exit_code == 0, shown.output
+    web = next(line for line in shown.stdout.splitlines() if "│ web" in line)
+    assert [c.strip() for c in web.split("│")[1:5]] == ["web", "0.6000", "0.7500", "0.7500"]
+    assert "3.0500 [3.0100, 3.0900]" in shown.stdout
+    assert "0.97" in shown.stdout
+    as_json = runner.invoke(app, ["recommend", "1", "--json"], env=env)
+    assert json.loads(as_json.stdout)["weights"] == {"web": 0.6, "code": 0.4}
+
+
+def test_unreachable_server_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mixopt.cli.CLI_RETRIES", 0)
+    result = CliRunner().invoke(
+        app, ["experiment", "list", "--url", "http://127.0.0.1:9", "--token", "t"]
+    )
+    assert result.exit_code == 1
+    assert "cannot reach http://127.0.0.1:9" in result.stderr

@@ -195,6 +195,8 @@ def test_regmix_import_creates_512_runs_and_reimport_is_a_no_op(
     assert "linear (requested linear) on 512 runs" in fitted
     assert "5-fold cross-validation" in fitted
     assert "domain importance" in fitted
+    report = next(api.iter_fits(eid))
+    assert 0.85 <= (report.cv.spearman or 0) <= 0.95  # the known linear baseline, about 0.9
     recommended = mixopt_cli("recommend", eid).stdout
     stored = api.recommendation(eid)
     top = max(stored.weights, key=lambda d: stored.weights[d])

@@ -276,6 +276,7 @@ class MixoptClient:
             url = url[: -len(API_PREFIX)]
         self.base_url = url
         token = token if token is not None else os.environ.get("MIXOPT_TOKEN") or None
+        self.token = token
         all_headers = {"User-Agent": f"mixopt-client/{__version__}", **(headers or {})}
         if token:
             all_headers["Authorization"] = f"Bearer {token}"

@@ -11,13 +11,19 @@ from pydantic import Field
 from mixers.base import DomainSpace, MethodConfig, Observation, OfflineMixer, Proposal
 from mixers.registry import register
 
-__all__ = ["FixedConfig", "FixedMixer"]
+__all__ = ["FixedConfig", "FixedMixer", "check_fixed_weights"]
 
 
 class FixedConfig(MethodConfig):
     weights: dict[str, float] = Field(
         description="the mixture, domain -> weight, summing to 1 and within the bounds"
     )
+
+
+def check_fixed_weights(config: MethodConfig, space: DomainSpace) -> None:
+    """The given mixture must be one of the space's (shared by the offline and online ``fixed``)."""
+    assert isinstance(config, FixedConfig)
+    space.validate_weights(config.weights, loc=("config", "weights"), enforce_bounds=True)
 
 
 @register
@@ -30,8 +36,7 @@ class FixedMixer(OfflineMixer):
     Config: ClassVar[type[MethodConfig]] = FixedConfig
 
     def check_space(self, space: DomainSpace) -> None:
-        assert isinstance(self.config, FixedConfig)
-        space.validate_weights(self.config.weights, loc=("config", "weights"), enforce_bounds=True)
+        check_fixed_weights(self.config, space)
 
     def propose(
         self,

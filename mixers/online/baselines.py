@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import Field
 
 from mixers.base import DomainSpace, MethodConfig
+from mixers.offline.fixed import FixedConfig, check_fixed_weights
 from mixers.online.base import (
     Decision,
     Feedback,
@@ -54,10 +55,8 @@ class StratifiedMixer(OnlineMixer):
         return count_round(state, feedback)
 
 
-class FixedOnlineConfig(OnlineConfig):
-    weights: dict[str, float] = Field(
-        description="the mixture, domain -> weight, summing to 1 and within the bounds"
-    )
+class FixedOnlineConfig(OnlineConfig, FixedConfig):
+    """``weights`` as the offline ``fixed`` has it, plus ``segment_steps``."""
 
 
 @register
@@ -67,8 +66,7 @@ class FixedOnlineMixer(OnlineMixer):
     Config: ClassVar[type[MethodConfig]] = FixedOnlineConfig
 
     def check_space(self, space: DomainSpace) -> None:
-        assert isinstance(self.config, FixedOnlineConfig)
-        space.validate_weights(self.config.weights, loc=("config", "weights"), enforce_bounds=True)
+        check_fixed_weights(self.config, space)
 
     def init_state(self, space: DomainSpace, seed: int) -> State:
         return {"rounds": 0, "tokens": {}}

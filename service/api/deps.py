@@ -75,9 +75,12 @@ class AuthenticatedRoute(APIRoute):
 
         async def authenticated(request: Request) -> Response:
             auth: Authenticator = request.app.state.auth
-            request.state.principal = await run_in_threadpool(
-                auth.authenticate, request.headers.get("authorization"), required
-            )
+            header = request.headers.get("authorization")
+            # A cached token is checked on the event loop; only a lookup goes to a thread.
+            principal = auth.authenticate_cached(header, required)
+            if principal is None:
+                principal = await run_in_threadpool(auth.authenticate, header, required)
+            request.state.principal = principal
             return await handler(request)
 
         return authenticated

@@ -1,0 +1,171 @@
+"""Weights polls and feedback through the service, against ``/healthz`` in the same run.
+
+    .venv/bin/python bench/weights.py [--connections 16] [--seconds 10]
+
+Starts ``mixopt serve`` on a fresh Postgres database with one online run, then for each of
+``GET /healthz`` (the process and nothing else: the ceiling), ``GET /runs/{id}/weights`` and
+``GET /runs/{id}/weights`` with ``If-None-Match`` (the poll a trainer makes, 304), 16 concurrent
+connections request as fast as they can for the given time: requests/s and p50/p99 latency.
+Then feedback per second from one trainer (sequential, as a trainer posts it). Uses wrk for the
+GETs when it is installed, else an asyncio httpx load generator (the same one for all three, so
+the ratios compare like with like).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, make_url, text
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mixopt.settings import normalise_database_url  # noqa: E402
+from service.store import SqlStore, schema  # noqa: E402
+from service.store.sql import make_engine  # noqa: E402
+from tests.servers import ServerProcess  # noqa: E402
+
+SERVER = os.environ.get("MIXOPT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def hammer(
+    url: str, path: str, headers: dict[str, str], connections: int, seconds: float
+) -> tuple[float, float, float]:
+    """Requests/s, p50 and p99 latency (ms) of GET ``path`` over ``connections`` connections."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def connection() -> None:
+        limits = httpx.Limits(max_connections=1)
+        async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits) as http:
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                response = await http.get(path)
+                latencies.append(time.perf_counter() - start)
+                if response.status_code not in (200, 304):
+                    raise RuntimeError(f"{path}: {response.status_code} {response.text}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(connections)))
+    elapsed = time.perf_counter() - started
+    return (
+        len(latencies) / elapsed,
+        statistics.median(latencies) * 1000,
+        percentile(latencies, 0.99) * 1000,
+    )
+
+
+def wrk(url: str, headers: dict[str, str], connections: int, seconds: float) -> tuple[float, ...]:
+    args = ["wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--latency"]
+    for key, value in headers.items():
+        args += ["-H", f"{key}: {value}"]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    rate = float(next(line for line in out.splitlines() if "Requests/sec" in line).split()[-1])
+
+    def ms(label: str) -> float:
+        value = next(line for line in out.splitlines() if line.strip().startswith(label)).split()[1]
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+        unit = next(u for u in ("us", "ms", "s") if value.endswith(u))
+        return float(value[: -len(unit)]) * scale[unit]
+
+    return rate, ms("50%"), ms("99%")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--feedback", type=int, default=300, help="feedback posts to time")
+    args = parser.parse_args()
+
+    server_url = normalise_database_url(SERVER)
+    name = f"mixopt_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    schema.upgrade(engine)
+    _, token = SqlStore(engine).create_token("bench", "admin", None)
+    process = ServerProcess(url, Path(tempfile.mkdtemp())).start()
+    auth = {"Authorization": f"Bearer {token}"}
+    results: dict[str, tuple[float, ...]] = {}
+    try:
+        with httpx.Client(base_url=process.url, headers=auth, timeout=60) as http:
+            experiment = http.post(
+                "/api/v1/experiments",
+                json={
+                    "name": "weights-bench",
+                    "mode": "online",
+                    "method": "stratified",
+                    "domains": [{"name": f"d{i}"} for i in range(8)],
+                },
+            ).json()
+            run = http.post(
+                f"/api/v1/experiments/{experiment['id']}/runs", json={"name": "main"}
+            ).json()
+            weights_path = f"/api/v1/runs/{run['id']}/weights"
+            etag = http.get(weights_path).headers["etag"]
+            cases = {
+                "healthz": ("/healthz", {}),
+                "weights": (weights_path, auth),
+                "weights 304": (weights_path, {**auth, "If-None-Match": etag}),
+            }
+            for label, (path, headers) in cases.items():
+                if shutil.which("wrk"):
+                    results[label] = wrk(
+                        process.url + path, headers, args.connections, args.seconds
+                    )
+                else:
+                    results[label] = asyncio.run(
+                        hammer(process.url, path, headers, args.connections, args.seconds)
+                    )
+            domains = [f"d{i}" for i in range(8)]
+            start = time.perf_counter()
+            for i in range(args.feedback):
+                response = http.post(
+                    f"/api/v1/runs/{run['id']}/feedback",
+                    json={
+                        "step": (i + 1) * 100,
+                        "train_losses": dict.fromkeys(domains, 3.0),
+                        "eval_losses": dict.fromkeys(domains, 3.1),
+                        "tokens": dict.fromkeys(domains, 1000),
+                    },
+                )
+                response.raise_for_status()
+            feedback_rate = args.feedback / (time.perf_counter() - start)
+    finally:
+        process.stop()
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    tool = "wrk" if shutil.which("wrk") else "asyncio httpx"
+    print(f"{args.connections} connections, {args.seconds:g} s each, load from {tool}")
+    for label, (rate, p50, p99) in results.items():
+        print(f"{label:12s}: {rate:8,.0f} req/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms")
+    base = results["healthz"][0]
+    print(f"ratio weights/healthz: {results['weights'][0] / base:.2f}")
+    print(f"ratio weights 304/healthz: {results['weights 304'][0] / base:.2f}")
+    print(f"feedback: {feedback_rate:,.0f} /s (one trainer, sequential, stratified mixer)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1012,6 +1012,8 @@ def worker(
     from mixopt.worker import Worker, default_name
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if not command.strip():
+        raise _fail("--command is empty: give the command that trains one run")
     with _api(url, token) as client:
         runner = Worker(
             client,

@@ -260,8 +260,10 @@ class Operations:
             seed=seed,
             direction=direction,
         )
+        # Bounded in time: a tree ensemble scores far fewer candidates per second than a
+        # linear model, so the search scores as many as fit in the budget.
         recommendation = fitting.recommend(
-            space, result, np.random.default_rng([seed, len(usable)])
+            space, result, np.random.default_rng([seed, len(usable)]), max_seconds=3.0
         )
         report = result.report()
         record = self.store.add_fit(

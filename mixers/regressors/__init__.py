@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mixers.regressors.lightgbm import LightGBMMixtureRegressor
 from mixers.regressors.linear import LinearMixtureRegressor
 
 __all__ = [
     "REGRESSORS",
+    "LightGBMMixtureRegressor",
     "LinearMixtureRegressor",
     "RegressorFactory",
     "make_regressor",
@@ -54,3 +56,10 @@ def _linear(seed: int) -> LinearMixtureRegressor:
 
 
 register_regressor("linear", _linear)
+
+
+def _lightgbm(seed: int) -> LightGBMMixtureRegressor:
+    return LightGBMMixtureRegressor(random_state=seed)
+
+
+register_regressor("lightgbm", _lightgbm)

@@ -1,0 +1,206 @@
+# ruff: noqa: N806 - X is the conventional name of a design matrix (scikit-learn)
+"""The ``lightgbm`` regressor: scikit-learn conformance, determinism, and RegMix's numbers.
+
+The RegMix tests use the real 1M-parameter proxy runs of the RegMix paper (../shared/data/regmix):
+512 train runs, 256 held-out test mixtures, target Pile-CC validation loss. The paper's LightGBM
+ranks the test mixtures with Spearman 0.99; the linear baseline gets about 0.90.
+"""
+
+from __future__ import annotations
+
+import csv
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from scipy import stats
+from sklearn.base import clone, is_regressor
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from mixers.base import DomainSpace
+from mixers.fitting import fit_model, predict, recommend
+from mixers.regressors import (
+    LightGBMMixtureRegressor,
+    LinearMixtureRegressor,
+    make_regressor,
+    regressor_names,
+)
+from mixers.regressors.lightgbm import auto_min_child_samples
+
+FloatArray = NDArray[np.float64]
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "regmix"
+TARGET = "metric/the_pile_pile_cc_val_loss"
+
+
+# --- conformance and basics ----------------------------------------------------------------------
+
+
+@parametrize_with_checks(
+    [
+        LightGBMMixtureRegressor(n_estimators=20, learning_rate=0.1),
+        LightGBMMixtureRegressor(n_estimators=20, learning_rate=0.1, min_child_samples=5),
+    ]
+)
+def test_sklearn_conformance(estimator, check):
+    check(estimator)
+
+
+def test_registered_after_linear_with_regmix_defaults():
+    assert regressor_names()[:2] == ["linear", "lightgbm"]
+    model = make_regressor("lightgbm", 7)
+    assert isinstance(model, LightGBMMixtureRegressor)
+    assert is_regressor(model) and not hasattr(model, "booster_")
+    assert model is not make_regressor("lightgbm", 7)
+    params = model.get_params()
+    assert params["n_estimators"] == 1000
+    assert params["learning_rate"] == 0.01
+    assert params["random_state"] == 7
+
+
+def test_min_child_samples_scales_with_the_data():
+    assert [auto_min_child_samples(n) for n in (1, 8, 40, 100, 400, 512, 10_000)] == [
+        2,
+        2,
+        2,
+        5,
+        20,
+        20,
+        20,
+    ]
+
+
+def test_learns_from_a_few_runs_and_is_deterministic():
+    """Ten runs: LightGBM's default leaf size (20) would give a constant model."""
+    rng = np.random.default_rng(0)
+    X = rng.dirichlet(np.ones(4), size=10)
+    y = X @ np.array([3.0, 2.5, 4.0, 3.2])
+    model = LightGBMMixtureRegressor(n_estimators=200, random_state=3).fit(X, y)
+    assert model.min_child_samples_ == 2
+    pred = model.predict(X)
+    assert np.ptp(pred) > 0
+    assert stats.spearmanr(y, pred).statistic > 0.8
+    again = clone(model).fit(X, y)
+    np.testing.assert_array_equal(again.predict(X), pred)
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.predict(X), pred)
+
+
+def test_uses_every_round_no_early_stopping():
+    rng = np.random.default_rng(1)
+    X = rng.dirichlet(np.ones(3), size=80)
+    y = X[:, 0] + 0.01 * rng.normal(size=80)
+    model = LightGBMMixtureRegressor(n_estimators=150).fit(X, y)
+    assert model.booster_.num_trees() == 150
+    assert model.booster_.best_iteration in (0, -1)  # never set: no early stopping
+
+
+def test_refuses_bad_parameters():
+    X, y = np.eye(3)[[0, 1, 2, 0, 1, 2]], np.arange(6.0)
+    for bad in (
+        {"n_estimators": 0},
+        {"learning_rate": 0.0},
+        {"min_child_samples": 0},
+    ):
+        with pytest.raises(ValueError):
+            LightGBMMixtureRegressor(**bad).fit(X, y)
+
+
+# --- RegMix --------------------------------------------------------------------------------------
+
+
+def load_regmix(split: str) -> tuple[FloatArray, FloatArray, list[str], list[str]]:
+    """(X, y, domain names, run ids) of one split, mixtures joined with losses on ``index``."""
+    with (DATA / f"{split}_mixture_1m.csv").open() as f:
+        mixtures = list(csv.DictReader(f))
+    with (DATA / f"{split}_pile_loss_1m.csv").open() as f:
+        losses = {row["index"]: float(row[TARGET]) for row in csv.DictReader(f)}
+    columns = [c for c in mixtures[0] if c != "index"]
+    X = np.array([[float(row[c]) for c in columns] for row in mixtures])
+    y = np.array([losses[row["index"]] for row in mixtures])
+    names = [c.removeprefix("train_the_pile_") for c in columns]
+    return X, y, names, [f"{split}-{row['index']}" for row in mixtures]
+
+
+@pytest.fixture(scope="module")
+def regmix() -> dict[str, Any]:
+    if not DATA.is_dir():
+        pytest.skip(f"RegMix data not found at {DATA}")
+    X, y, names, ids = load_regmix("train")
+    X_test, y_test, test_names, _ = load_regmix("test")
+    assert test_names == names
+    return {"X": X, "y": y, "names": names, "ids": ids, "X_test": X_test, "y_test": y_test}
+
+
+@pytest.fixture(scope="module")
+def regmix_auto(regmix: dict[str, Any]) -> Any:
+    """``fit_model(model="auto")`` on the 512 train runs (5-fold CV of both models + refit)."""
+    return fit_model(regmix["X"], regmix["y"], regmix["ids"], names=regmix["names"], seed=0)
+
+
+def held_out_spearman(model: Any, regmix: dict[str, Any]) -> float:
+    return float(stats.spearmanr(regmix["y_test"], model.predict(regmix["X_test"])).statistic)
+
+
+def test_regmix_held_out_ranking(regmix):
+    """The paper's 1M -> 1M number: 0.990 (linear 0.90); a 1000-round fit takes ~0.5 s."""
+    started = time.perf_counter()
+    model = LightGBMMixtureRegressor(random_state=0).fit(regmix["X"], regmix["y"])
+    seconds = time.perf_counter() - started
+    assert model.booster_.num_trees() == 1000
+    assert held_out_spearman(model, regmix) >= 0.98
+    assert seconds < 10.0  # ~0.5 s on one thread; generous for loaded CI machines
+
+
+def test_regmix_auto_picks_lightgbm(regmix, regmix_auto):
+    result = regmix_auto
+    assert result.model == "lightgbm" and result.requested == "auto"
+    by_name = {c["model"]: c["spearman"] for c in result.candidates}
+    assert set(by_name) == {"linear", "lightgbm"}
+    assert by_name["lightgbm"] > by_name["linear"]
+    assert result.cv["spearman"] == pytest.approx(by_name["lightgbm"])
+    assert result.cv["spearman"] >= 0.97  # 5-fold CV on 512 runs: ~0.983
+
+    # On held-out mixtures, auto is within 0.02 of the best single regressor.
+    value, _, _ = predict(result, regmix["X_test"])
+    auto_rho = float(stats.spearmanr(regmix["y_test"], value).statistic)
+    singles = [
+        held_out_spearman(
+            LightGBMMixtureRegressor(random_state=0).fit(regmix["X"], regmix["y"]), regmix
+        ),
+        held_out_spearman(LinearMixtureRegressor().fit(regmix["X"], regmix["y"]), regmix),
+    ]
+    assert auto_rho >= max(singles) - 0.02
+
+
+def test_regmix_interval_coverage(regmix, regmix_auto):
+    """The nominal 80 % interval of the lightgbm fit covers 70-90 % of the held-out runs."""
+    assert regmix_auto.model == "lightgbm"
+    _, low, high = predict(regmix_auto, regmix["X_test"])
+    y_test = regmix["y_test"]
+    coverage = float(np.mean((y_test >= low) & (y_test <= high)))
+    assert 0.70 <= coverage <= 0.90  # ~0.875
+
+
+@pytest.mark.slow
+def test_regmix_recommendation_with_lightgbm(regmix, regmix_auto):
+    """100k candidates through a 1000-tree model: ~8 s (prediction dominates)."""
+    X: FloatArray = regmix["X"]
+    space = DomainSpace.from_domains(
+        [
+            {"name": n, "prior": float(p)}
+            for n, p in zip(regmix["names"], X.mean(axis=0), strict=True)
+        ]
+    )
+    rec = recommend(space, regmix_auto, np.random.default_rng(0))
+    assert rec["model"] == "lightgbm"
+    assert rec["search"]["candidates"] == 100_000
+    weights = np.array(list(rec["weights"].values()))
+    assert weights.sum() == pytest.approx(1.0)
+    # The recommendation is predicted at least as good as the best observed run, give or take
+    # the interval, and better than the average mixture.
+    assert rec["predicted"]["value"] < rec["baseline"]["predicted"]["value"]
+    assert rec["predicted"]["low"] <= float(regmix["y"].min())

@@ -21,7 +21,7 @@ from mixers import DomainSpace, Observation, OfflineMixer, fitting, get_method
 from mixers.base import MethodConfig, Mixer
 from mixers.online import Feedback, OnlineMixer
 from mixopt import schemas
-from mixopt.errors import Conflict, ErrorItem, Gone, InvalidInput
+from mixopt.errors import Conflict, ErrorItem, Gone, InvalidInput, NotFound
 from service.convert import fit_out
 from service.store import ExperimentRecord, NewExperiment, NewRun, RunRecord, Store
 from service.store.base import StaleVersion, WeightsRecord
@@ -78,6 +78,7 @@ class Operations:
                 f"unknown {body.mode} method {body.method!r}; known: {', '.join(known) or 'none'}",
             ) from None
         config = cls.parse_config(body.config)
+        self._resolve_reference_run(config)
         if config.seed is None:
             # Stored, so that every later proposal is reproducible from the experiment alone.
             config.seed = secrets.randbelow(2**31)
@@ -122,6 +123,24 @@ class Operations:
                 config=config.model_dump(mode="json"),
             )
         )
+
+    def _resolve_reference_run(self, config: MethodConfig) -> None:
+        """DoReMi's ``reference_run``: its final eval losses become ``reference_losses``, stored
+        with the experiment, so every later update uses the same reference."""
+        run_id = getattr(config, "reference_run", None)
+        if run_id is None or getattr(config, "reference_losses", None) is not None:
+            return
+        loc = ("config", "reference_run")
+        try:
+            run = self.store.get_run(run_id)
+        except NotFound:
+            raise InvalidInput.at(loc, f"run {run_id!r} not found") from None
+        if run.status != "completed":
+            raise InvalidInput.at(loc, f"run {run_id} is {run.status}, not completed")
+        losses = (self.store.last_feedback(run_id) or {}).get("eval_losses") or {}
+        if not losses:
+            raise InvalidInput.at(loc, f"run {run_id} reported no eval_losses")
+        config.reference_losses = dict(losses)  # type: ignore[attr-defined]
 
     # --- offline runs ---
 
@@ -365,7 +384,7 @@ class Operations:
                 raise Conflict(f"run {run_id} is completed; its mixer state is frozen")
             experiment = self.store.get_experiment(current.experiment_id, counts=False)
             space = space_of(experiment)
-            _check_domains(space, body)
+            _check_domains(space, body, experiment.method)
             mixer, _ = self._online_mixer(experiment)
             feedback = Feedback(
                 step=body.step,
@@ -426,8 +445,16 @@ class Operations:
         )
 
 
-def _check_domains(space: DomainSpace, body: schemas.Feedback) -> None:
+def _check_domains(space: DomainSpace, body: schemas.Feedback, method: str) -> None:
     known = set(space.names)
+    if method == "aioli":
+        # Aioli estimates how each domain's held-out loss moves: it needs every one of them.
+        missing = [name for name in space.names if name not in body.eval_losses]
+        if missing:
+            raise InvalidInput.at(
+                ("body", "eval_losses"),
+                f"aioli needs eval_losses for every domain; missing: {', '.join(missing)}",
+            )
     errors = [
         ErrorItem(("body", field, name), f"unknown domain {name!r}")
         for field, values in (

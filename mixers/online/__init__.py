@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from mixers.online.aioli import AioliConfig, AioliMixer
 from mixers.online.base import Decision, Feedback, OnlineConfig, OnlineMixer, State
 from mixers.online.baselines import FixedOnlineMixer, StratifiedMixer
+from mixers.online.doremi import DoremiConfig, DoremiMixer
+from mixers.online.odm import OdmConfig, OdmMixer
 
 __all__ = [
+    "AioliConfig",
+    "AioliMixer",
     "Decision",
+    "DoremiConfig",
+    "DoremiMixer",
     "Feedback",
     "FixedOnlineMixer",
+    "OdmConfig",
+    "OdmMixer",
     "OnlineConfig",
     "OnlineMixer",
     "State",

@@ -331,6 +331,10 @@ class Store(ABC):
         """The body of the feedback recorded at ``step`` (not superseded), if any."""
 
     @abstractmethod
+    def last_feedback(self, run_id: str) -> dict[str, Any] | None:
+        """The body of the run's latest live feedback (highest step), if any."""
+
+    @abstractmethod
     def apply_feedback(
         self,
         run_id: str,

@@ -982,6 +982,17 @@ class SqlStore(Store):
             ).scalar()
         return body
 
+    def last_feedback(self, run_id: str) -> dict[str, Any] | None:
+        rid = _parse_id(run_id, "run")
+        with self._read() as conn:
+            body: dict[str, Any] | None = conn.execute(
+                select(FeedbackRow.body)
+                .where(FeedbackRow.run_id == rid, FeedbackRow.superseded.is_(False))
+                .order_by(FeedbackRow.step.desc())
+                .limit(1)
+            ).scalar()
+        return body
+
     def apply_feedback(
         self,
         run_id: str,

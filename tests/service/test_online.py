@@ -258,3 +258,65 @@ def test_two_replicas_apply_interleaved_feedback_exactly_once(
     assert state.state["tokens"] == {"web": total, "code": 2 * total, "papers": 3 * total}
     versions = [r.version for r in store.weights_history(run_id, limit=1000, cursor=None).items]
     assert versions == list(range(1, total + 2))
+
+
+@pytest.mark.parametrize(
+    ("method", "config"),
+    [
+        ("odm", {}),
+        ("aioli", {}),
+        ("doremi", {"reference_losses": {"web": 3.0, "code": 2.0, "papers": 2.5}}),
+    ],
+)
+def test_learning_mixers_serve_valid_weights_through_feedback(
+    client: TestClient, method: str, config: dict[str, Any]
+) -> None:
+    created = client.post(
+        f"{API}/experiments",
+        json=online_body(name=f"m-{method}", method=method, config={"seed": 1, **config}),
+    )
+    assert created.status_code == 201, created.text
+    run = client.post(f"{API}/experiments/{created.json()['id']}/runs", json={"name": "main"})
+    weights = run.json()["weights"]
+    step = 0
+    for _ in range(12):
+        current = client.get(f"{API}/runs/{run.json()['id']}/weights").json()
+        step += current["train_steps"] or 100
+        answer = client.post(f"{API}/runs/{run.json()['id']}/feedback", json=feedback(step))
+        assert answer.status_code == 200, answer.text
+        weights = answer.json()["weights"]
+        assert sum(weights.values()) == pytest.approx(1.0, abs=1e-6)
+        assert all(w > 0 for w in weights.values())  # the exploration floor
+
+
+def test_aioli_needs_every_eval_loss(client: TestClient) -> None:
+    created = client.post(
+        f"{API}/experiments", json=online_body(name="aioli", method="aioli")
+    ).json()
+    run = client.post(f"{API}/experiments/{created['id']}/runs", json={"name": "main"}).json()
+    partial = feedback(10, eval_losses={"web": 3.0, "code": 2.0})
+    response = client.post(f"{API}/runs/{run['id']}/feedback", json=partial)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == ["body", "eval_losses"]
+
+
+def test_doremi_reference_run_becomes_its_final_eval_losses(
+    client: TestClient, online_run: dict[str, Any]
+) -> None:
+    run_id = online_run["id"]
+    client.post(f"{API}/runs/{run_id}/feedback", json=feedback(100))
+    last = feedback(200, eval_losses={"web": 2.9, "code": 1.9, "papers": 2.4})
+    client.post(f"{API}/runs/{run_id}/feedback", json=last)
+    body = online_body(name="doremi", method="doremi", config={"reference_run": run_id})
+    not_yet = client.post(f"{API}/experiments", json=body)
+    assert not_yet.status_code == 422  # the reference run is still training
+    assert not_yet.json()["errors"][0]["loc"] == ["body", "config", "reference_run"]
+    client.post(f"{API}/runs/{run_id}/complete", json={"metrics": {}})
+    created = client.post(f"{API}/experiments", json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["config"]["reference_losses"] == last["eval_losses"]
+    unknown = client.post(
+        f"{API}/experiments",
+        json=online_body(name="doremi-2", method="doremi", config={"reference_run": "999"}),
+    )
+    assert unknown.status_code == 422

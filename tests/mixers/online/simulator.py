@@ -1,0 +1,118 @@
+"""A toy trainer for the online mixers: five domains whose held-out losses fall with data.
+
+Hidden truth, not told to the mixers:
+
+* ``TRANSFER[i, j]``: how much a step on domain ``j`` counts as training for domain ``i``.
+  ``web`` is broad (it helps every useful domain), ``code`` and ``math`` help each other,
+  ``books`` and ``web`` help each other a little. The best static mixture (found numerically) is
+  about (0.56, 0.20, 0.15, 0.09, 0.00), 0.064 below stratified's final average loss.
+  ``noise`` (the last domain) is useless: it helps nothing, nothing helps it, and it learns
+  little itself.
+* Each domain's held-out loss follows a power law in its effective data (diminishing returns):
+  ``L_i = floor_i + scale_i * (1 + E_i / 100) ** -0.5`` with ``E = TRANSFER @ steps_per_domain``.
+* Reports are noisy, ``noise`` very much so: training losses are the segment-end loss plus
+  Gaussian noise (std 0.3 for ``noise``, 0.02 for the others, batch sampling noise); eval
+  losses come from a fixed held-out set, so their noise is 20 times smaller (0.015, 0.001).
+  Aioli's estimate of A is sensitive to it: at eval noise 0.005 / 0.05 its gain over stratified
+  is gone (the shift-by-min normalisation lets one noisy row flatten the whole update).
+
+The score of a run is the average held-out loss over all five domains at the end (noise-free),
+the metric Aioli reports (average over groups).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mixers.base import DomainSpace
+from mixers.online.base import Feedback, OnlineMixer, State
+
+NAMES = ("web", "code", "math", "books", "noise")
+USELESS = "noise"
+TRANSFER = np.array(
+    [
+        # web  code  math  books noise  <- trained on
+        [1.0, 0.2, 0.1, 0.3, 0.0],  # web
+        [0.3, 1.0, 0.3, 0.0, 0.0],  # code
+        [0.2, 0.4, 1.0, 0.0, 0.0],  # math
+        [0.3, 0.0, 0.0, 1.0, 0.0],  # books
+        [0.0, 0.0, 0.0, 0.0, 0.3],  # noise
+    ]
+)
+FLOOR = np.array([2.0, 1.0, 1.2, 2.2, 2.6])
+SCALE = np.array([3.0, 2.5, 2.5, 2.0, 0.3])
+NOISE = np.array([0.02, 0.02, 0.02, 0.02, 0.3])
+EVAL_NOISE = NOISE / 20
+TOKENS_PER_STEP = 1024
+TOTAL_STEPS = 2000
+FALLBACK_SEGMENT = 100
+
+
+def space() -> DomainSpace:
+    return DomainSpace.from_domains([{"name": n} for n in NAMES])
+
+
+def held_out(steps_per_domain: NDArray[np.float64]) -> NDArray[np.float64]:
+    effective = TRANSFER @ steps_per_domain
+    loss: NDArray[np.float64] = FLOOR + SCALE * (1.0 + effective / 100.0) ** -0.5
+    return loss
+
+
+@dataclass
+class Result:
+    final_losses: NDArray[np.float64]
+    mean_weights: NDArray[np.float64]
+    final_weights: NDArray[np.float64]
+    recommended: NDArray[np.float64]
+    states: list[State] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        return float(self.final_losses.mean())
+
+
+def simulate(
+    mixer: OnlineMixer, seed: int, total_steps: int = TOTAL_STEPS, keep_states: bool = False
+) -> Result:
+    """Train ``total_steps`` steps under the mixer's decisions; feedback after every segment."""
+    sp = space()
+    rng = np.random.default_rng(seed)
+    state = mixer.init_state(sp, seed)
+    steps = np.zeros(sp.k)
+    done = 0
+    states = [state] if keep_states else []
+    weights = np.full(sp.k, 1.0 / sp.k)
+    while done < total_steps:
+        decision = mixer.decide(sp, state)
+        weights = decision.weights
+        length = min(decision.train_steps or FALLBACK_SEGMENT, total_steps - done)
+        steps = steps + weights * length
+        done += length
+        loss = held_out(steps)
+        feedback = Feedback(
+            step=done,
+            train_losses=sp.to_dict(loss + rng.normal(0.0, NOISE)),
+            eval_losses=sp.to_dict(loss + rng.normal(0.0, EVAL_NOISE)),
+            tokens={
+                n: round(float(w) * length * TOKENS_PER_STEP)
+                for n, w in zip(NAMES, weights, strict=True)
+            },
+        )
+        state = mixer.observe(sp, state, feedback)
+        if keep_states:
+            states.append(state)
+    return Result(
+        final_losses=held_out(steps),
+        mean_weights=steps / steps.sum(),
+        final_weights=np.asarray(weights),
+        recommended=mixer.recommend(sp, state),
+        states=states,
+    )
+
+
+def reference_losses(total_steps: int = TOTAL_STEPS) -> dict[str, float]:
+    """DoReMi's reference: the final held-out losses of a stratified (uniform) run."""
+    return space().to_dict(held_out(np.full(len(NAMES), total_steps / len(NAMES))))

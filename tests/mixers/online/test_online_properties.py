@@ -1,0 +1,200 @@
+"""Properties every registered online mixer must have, whatever the feedback.
+
+Valid weights within the bounds (with no domain at 0 unless its upper bound is 0), a
+deterministic and JSON-pure state, ``observe`` that never mutates its input, and resume: replaying
+the same feedback from a saved intermediate state ends in the same state.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mixers import DomainSpace, Mixer, methods
+from mixers.base import SUM_TOLERANCE
+from mixers.online.base import Feedback, OnlineMixer, State
+
+PROPERTY = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def bounded_space() -> DomainSpace:
+    """Five domains with a skewed prior, a min_weight and binding repetition caps."""
+    return DomainSpace.from_domains(
+        [
+            {"name": "web", "tokens": 500e9, "max_weight": 0.7},
+            {"name": "code", "tokens": 100e9},
+            {"name": "books", "tokens": 20e9, "min_weight": 0.05},
+            {"name": "math", "tokens": 5e9},  # cap 4 * 5e9 / 100e9 = 0.2
+            {"name": "wiki", "tokens": 1e9},  # cap 0.04
+        ],
+        train_tokens=100e9,
+        max_epochs=4,
+    )
+
+
+def closed_space() -> DomainSpace:
+    """Three domains, one of them closed (max_weight 0)."""
+    return DomainSpace.from_domains(
+        [{"name": "a"}, {"name": "b", "max_weight": 0.0}, {"name": "c", "min_weight": 0.1}]
+    )
+
+
+def single_space() -> DomainSpace:
+    return DomainSpace.from_domains([{"name": "only"}])
+
+
+SPACES = {"bounded": bounded_space, "closed": closed_space, "single": single_space}
+
+
+def method_configs(name: str, space: DomainSpace) -> list[dict[str, Any]]:
+    """Configs to test a method with; every method gets at least its defaults."""
+    if name == "fixed":
+        return [{"weights": space.to_dict(space.project(np.full(space.k, 1 / space.k))[0])}]
+    if name == "doremi":
+        return [
+            {"reference_losses": dict.fromkeys(space.names, 2.0)},
+            {"reference_run": "r1", "signal": "eval", "step_size": 5.0},
+        ]
+    if name == "odm":
+        return [{}, {"warmup_steps": 0, "init": "prior", "smoothing": 0.5}]
+    if name == "aioli":
+        return [{}, {"lp_rounds": 1, "lp_steps": 2, "ema": 0.5, "segment_steps": None}]
+    return [{}]
+
+
+CASES = [
+    pytest.param(cls, config, space_name, id=f"{cls.name}-{i}-{space_name}")
+    for cls in methods()
+    if cls.mode == "online"
+    for space_name, make in SPACES.items()
+    for i, config in enumerate(method_configs(cls.name, make()))
+]
+
+
+def make(cls: type[Mixer], config: dict[str, Any], space: DomainSpace) -> OnlineMixer:
+    mixer = cls(cls.parse_config(config))
+    assert isinstance(mixer, OnlineMixer)
+    mixer.check_space(space)
+    return mixer
+
+
+loss_value = st.one_of(
+    st.floats(min_value=0.0, max_value=20.0),
+    st.sampled_from([0.0, 1e300, -1.0, math.inf, -math.inf, math.nan, 1e-300]),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@st.composite
+def feedback_lists(draw: st.DrawFn, names: tuple[str, ...], max_size: int = 24) -> list[Feedback]:
+    keys = st.sampled_from([*names, "unknown"])
+    losses = st.dictionaries(keys, loss_value, max_size=len(names) + 1)
+    count = draw(st.integers(min_value=0, max_value=max_size))
+    out = []
+    step = 0
+    for _ in range(count):
+        step += draw(st.integers(min_value=1, max_value=300))
+        # Mostly complete, well-behaved reports (so the learning paths run), sometimes anything.
+        if draw(st.booleans()):
+            level = draw(st.floats(min_value=0.5, max_value=6.0))
+            spread = draw(st.floats(min_value=0.0, max_value=1.0))
+            train = {n: level + spread * ((i * 7919 + step) % 13) / 13 for i, n in enumerate(names)}
+            evals = {
+                n: level + spread * ((i * 104729 + step) % 11) / 11 for i, n in enumerate(names)
+            }
+        else:
+            train, evals = draw(losses), draw(losses)
+        tokens = draw(st.dictionaries(keys, st.integers(min_value=0, max_value=10**9)))
+        out.append(Feedback(step=step, train_losses=train, eval_losses=evals, tokens=tokens))
+    return out
+
+
+def assert_json_pure(value: Any, path: str = "state") -> None:
+    """Only dicts with str keys, lists, str, int, float (finite), bool and None."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert type(key) is str, f"{path} has a non-str key {key!r}"
+            assert_json_pure(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            assert_json_pure(item, f"{path}[{i}]")
+    else:
+        assert type(value) in (str, int, float, bool, type(None)), f"{path} is a {type(value)}"
+        if type(value) is float:
+            assert math.isfinite(value), f"{path} is {value}"
+
+
+def assert_valid(space: DomainSpace, weights: Any) -> None:
+    w = np.asarray(weights, dtype=float)
+    assert w.shape == (space.k,)
+    assert np.all(np.isfinite(w)), w
+    assert abs(float(w.sum()) - 1.0) <= SUM_TOLERANCE, w
+    assert space.contains(w).all(), w
+    space.validate_weights(space.to_dict(w), enforce_bounds=True)
+    # The exploration floor: only a domain whose upper bound is 0 may get no weight.
+    assert np.all(w[space.upper > 0] > 0), w
+
+
+def run(
+    mixer: OnlineMixer, space: DomainSpace, state: State, feedback: list[Feedback]
+) -> list[State]:
+    states = [state]
+    for fb in feedback:
+        decision = mixer.decide(space, state)
+        assert_valid(space, decision.weights)
+        assert decision.train_steps is None or decision.train_steps >= 1
+        assert isinstance(decision.phase, str) and decision.phase
+        before = copy.deepcopy(state)
+        state = mixer.observe(space, state, fb)
+        assert states[-1] == before, "observe mutated its input state"
+        assert_json_pure(state)
+        states.append(state)
+    assert_valid(space, mixer.decide(space, state).weights)
+    assert_valid(space, mixer.recommend(space, state))
+    return states
+
+
+@pytest.mark.parametrize(("cls", "config", "space_name"), CASES)
+@PROPERTY
+@given(data=st.data(), seed=st.integers(min_value=0, max_value=2**63 - 1))
+def test_online_mixer_properties(
+    cls: type[Mixer], config: dict[str, Any], space_name: str, data: st.DataObject, seed: int
+) -> None:
+    space = SPACES[space_name]()
+    mixer = make(cls, config, space)
+    feedback = data.draw(feedback_lists(space.names))
+
+    first = mixer.init_state(space, seed)
+    assert_json_pure(first)
+    states = run(mixer, space, first, feedback)
+
+    # Deterministic: the same seed and feedback give the same states (a fresh mixer too).
+    again = run(make(cls, config, space), space, mixer.init_state(space, seed), feedback)
+    assert again == states
+
+    # A JSON round trip changes nothing, and the next decision is identical.
+    for state in states:
+        text = json.dumps(state, allow_nan=False)
+        loaded = json.loads(text)
+        assert loaded == state
+        a, b = mixer.decide(space, state), mixer.decide(space, loaded)
+        assert np.array_equal(a.weights, b.weights)
+        assert (a.train_steps, a.phase) == (b.train_steps, b.phase)
+
+    # Resume: from a saved (serialised) intermediate state, replaying the rest ends the same.
+    cut = data.draw(st.integers(min_value=0, max_value=len(feedback)))
+    saved = json.loads(json.dumps(states[cut]))
+    resumed = run(mixer, space, saved, feedback[cut:])
+    assert resumed[-1] == states[-1]
+
+
+def test_every_online_method_is_covered() -> None:
+    names = {cls.name for cls in methods() if cls.mode == "online"}
+    assert {"stratified", "fixed", "odm", "doremi", "aioli"} <= names

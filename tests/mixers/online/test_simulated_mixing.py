@@ -1,0 +1,63 @@
+"""The online mixers against the toy trainer in ``simulator.py`` (2,000 steps, default configs)."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from mixers import get_method
+from mixers.online.base import OnlineMixer
+from tests.mixers.online import simulator
+from tests.mixers.online.simulator import NAMES, USELESS, Result, reference_losses, simulate
+
+SEEDS = range(5)
+
+
+def mixer(name: str, config: dict[str, Any] | None = None) -> OnlineMixer:
+    cls = get_method("online", name)
+    instance = cls(cls.parse_config(config or {}))
+    assert isinstance(instance, OnlineMixer)
+    instance.check_space(simulator.space())
+    return instance
+
+
+@cache
+def results(name: str) -> tuple[Result, ...]:
+    config = {"reference_losses": reference_losses()} if name == "doremi" else {}
+    return tuple(simulate(mixer(name, config), seed) for seed in SEEDS)
+
+
+def average_loss(name: str) -> float:
+    return float(np.mean([r.score for r in results(name)]))
+
+
+def test_stratified_is_the_uniform_baseline() -> None:
+    for result in results("stratified"):
+        assert np.allclose(result.mean_weights, 1 / len(NAMES))
+
+
+def test_odm_is_no_worse_than_stratified() -> None:
+    assert average_loss("odm") <= average_loss("stratified")
+
+
+def test_doremi_moves_weight_away_from_the_useless_domain() -> None:
+    useless = NAMES.index(USELESS)
+    for result in results("doremi"):  # below uniform in every seed
+        assert result.mean_weights[useless] < 0.2
+        assert result.recommended[useless] < 0.2
+    # On average over the seeds, the useless domain gets the least weight, by a clear margin.
+    recommended = np.mean([r.recommended for r in results("doremi")], axis=0)
+    assert recommended[useless] < 0.16
+    assert recommended[useless] == recommended.min()
+    assert average_loss("doremi") < average_loss("stratified")
+
+
+def test_aioli_beats_stratified_on_average() -> None:
+    assert average_loss("aioli") < average_loss("stratified")
+
+
+def test_aioli_recommends_its_exploit_weights() -> None:
+    for result in results("aioli"):
+        assert result.recommended.max() < 0.4  # a tilt, never a perturbation (0.5 on one)

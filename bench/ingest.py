@@ -13,33 +13,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 import psycopg
-from sqlalchemy import create_engine, make_url, text
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# Run as a script (python bench/x.py): the repository root is what imports resolve against.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mixopt.settings import normalise_database_url  # noqa: E402
-from service.store import SqlStore, schema  # noqa: E402
-from service.store.sql import make_engine  # noqa: E402
-from tests.servers import ServerProcess  # noqa: E402
-
-SERVER = os.environ.get("MIXOPT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+from bench._server import bench_server, percentile
 
 
 async def service_load(
@@ -114,21 +100,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
 
-    server_url = normalise_database_url(SERVER)
-    name = f"mixopt_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    engine = make_engine(url)
-    schema.upgrade(engine)
-    store = SqlStore(engine)
-    _, token = store.create_token("bench", "admin", None)
-    process = ServerProcess(url, Path(tempfile.mkdtemp())).start()
-    try:
+    with bench_server() as server:
+        token = server.token
         with httpx.Client(
-            base_url=process.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+            base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
         ) as http:
             experiment = http.post(
                 "/api/v1/experiments",
@@ -146,18 +121,14 @@ def main() -> None:
         run_ids = [r["id"] for r in runs]
 
         posted, timings = asyncio.run(
-            service_load(process.url, token, run_ids, args.clients, args.batch, args.seconds)
+            service_load(server.url, token, run_ids, args.clients, args.batch, args.seconds)
         )
         elapsed, latencies = timings[-1], timings[:-1]
         service_rate = posted / elapsed
-        raw_points, raw_elapsed = raw_load(dsn, run_ids, args.clients, args.batch, args.seconds)
+        raw_points, raw_elapsed = raw_load(
+            server.dsn, run_ids, args.clients, args.batch, args.seconds
+        )
         raw_rate = raw_points / raw_elapsed
-    finally:
-        process.stop()
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
     print(f"clients={args.clients} batch={args.batch} seconds={args.seconds:g}")
     print(

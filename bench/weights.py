@@ -15,33 +15,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, make_url, text
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# Run as a script (python bench/x.py): the repository root is what imports resolve against.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mixopt.settings import normalise_database_url  # noqa: E402
-from service.store import SqlStore, schema  # noqa: E402
-from service.store.sql import make_engine  # noqa: E402
-from tests.servers import ServerProcess  # noqa: E402
-
-SERVER = os.environ.get("MIXOPT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+from bench._server import bench_server, percentile
 
 
 async def hammer(
@@ -94,20 +80,10 @@ def main() -> None:
     parser.add_argument("--feedback", type=int, default=300, help="feedback posts to time")
     args = parser.parse_args()
 
-    server_url = normalise_database_url(SERVER)
-    name = f"mixopt_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url)
-    schema.upgrade(engine)
-    _, token = SqlStore(engine).create_token("bench", "admin", None)
-    process = ServerProcess(url, Path(tempfile.mkdtemp())).start()
-    auth = {"Authorization": f"Bearer {token}"}
-    results: dict[str, tuple[float, ...]] = {}
-    try:
-        with httpx.Client(base_url=process.url, headers=auth, timeout=60) as http:
+    with bench_server() as server:
+        auth = {"Authorization": f"Bearer {server.token}"}
+        results: dict[str, tuple[float, ...]] = {}
+        with httpx.Client(base_url=server.url, headers=auth, timeout=60) as http:
             experiment = http.post(
                 "/api/v1/experiments",
                 json={
@@ -129,12 +105,10 @@ def main() -> None:
             }
             for label, (path, headers) in cases.items():
                 if shutil.which("wrk"):
-                    results[label] = wrk(
-                        process.url + path, headers, args.connections, args.seconds
-                    )
+                    results[label] = wrk(server.url + path, headers, args.connections, args.seconds)
                 else:
                     results[label] = asyncio.run(
-                        hammer(process.url, path, headers, args.connections, args.seconds)
+                        hammer(server.url, path, headers, args.connections, args.seconds)
                     )
             domains = [f"d{i}" for i in range(8)]
             start = time.perf_counter()
@@ -150,12 +124,6 @@ def main() -> None:
                 )
                 response.raise_for_status()
             feedback_rate = args.feedback / (time.perf_counter() - start)
-    finally:
-        process.stop()
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
     tool = "wrk" if shutil.which("wrk") else "asyncio httpx"
     print(f"{args.connections} connections, {args.seconds:g} s each, load from {tool}")

@@ -243,9 +243,9 @@ class DomainSpace:
         ``clip(g v, lower, upper)``: zero weights stay at zero, so sparse Dirichlet samples stay
         sparse. The others are shifted, ``clip(v + s, lower, upper)``. ``g`` and ``s`` come
         exactly from a search over the sorted breakpoints of the piecewise-linear sum
-        (``_solve_clipped``). Rows to scale are first brought to a largest weight of 1 and
-        weights below 1e-300 of it zeroed (subnormal draws would put breakpoints at infinity). A row
-        the exact solve misses (by more than 1e-9, or off the bounded simplex) goes through
+        (``_solve_clipped``), on rows brought to a largest weight of 1. Rows with a weight below
+        1e-300 of their largest (subnormal draws) would put breakpoints at infinity: they, and a
+        row the exact solve misses (by more than 1e-9, or off the bounded simplex), go through
         ``_project_by_bisection``.
         """
         lo, hi = self.lower, self.upper
@@ -254,6 +254,9 @@ class DomainSpace:
         scaled = np.where(pos, hi, lo).sum(axis=1) >= 1 - 1e-12
         # Scaling does not depend on a row's scale (shifting does: those rows stay as given).
         unit = v / np.maximum(v.max(axis=1, keepdims=True), 1e-300)
+        # Weights below 1e-300 of the row's largest would put breakpoints near infinity: such
+        # rows (subnormal Dirichlet draws, absurd ranges) go through the bisection, in logs.
+        extreme = scaled & np.any((unit > 0) & (unit < 1e-300), axis=1)
         unit = np.where(unit >= 1e-300, unit, 0.0)
         with np.errstate(all="ignore"):
             out, ok = _solve_clipped(
@@ -266,7 +269,7 @@ class DomainSpace:
             room = np.where(scaled[:, None] & (unit == 0), 0.0, room)
             share = room / np.maximum(room.sum(axis=1, keepdims=True), 1e-300)
             out = np.asarray(np.clip(out + residual[:, None] * share, lo, hi), dtype=float)
-        bad = ~ok | ~np.all(np.isfinite(out), axis=1) | ~self.contains(out, tol=1e-12)
+        bad = extreme | ~ok | ~np.all(np.isfinite(out), axis=1) | ~self.contains(out, tol=1e-12)
         if bad.any():
             out[bad] = self._project_by_bisection(v[bad])
         return out

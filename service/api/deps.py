@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request, Response
@@ -24,20 +24,24 @@ __all__ = [
 ]
 
 
-def get_store(request: Request) -> Store:
+# Dependencies are ``async def`` although they never await: FastAPI runs a plain ``def``
+# dependency in the thread pool, a hop per dependency per request (three on a weights poll).
+
+
+async def get_store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
 
-def get_ops(request: Request) -> Operations:
+async def get_ops(request: Request) -> Operations:
     ops: Operations = request.app.state.ops
     return ops
 
 
-def require(scope: str) -> Callable[..., Principal]:
+def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits tokens of ``scope`` or a wider one."""
 
-    def check(
+    async def check(
         request: Request,
         authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> Principal:
@@ -46,7 +50,7 @@ def require(scope: str) -> Callable[..., Principal]:
         if principal is not None:
             return principal
         auth: Authenticator = request.app.state.auth
-        return auth.authenticate(authorization, scope)
+        return await run_in_threadpool(auth.authenticate, authorization, scope)
 
     check.__name__ = f"require_{scope}"
     check.required_scope = scope  # type: ignore[attr-defined]

@@ -16,6 +16,22 @@ from mixers.base import SUM_TOLERANCE, DomainSpace, Observation, OfflineMixer, P
 __all__ = ["assert_valid_mixtures", "check_offline_mixer"]
 
 
+def generic_space() -> DomainSpace:
+    """Five domains with a skewed token prior, a min_weight, a max_weight and binding repetition
+    caps: the space every method's conformance checks run in."""
+    return DomainSpace.from_domains(
+        [
+            {"name": "web", "tokens": 500e9, "max_weight": 0.7},
+            {"name": "code", "tokens": 100e9},
+            {"name": "books", "tokens": 20e9, "min_weight": 0.05},
+            {"name": "math", "tokens": 5e9},  # cap 4 * 5e9 / 100e9 = 0.2
+            {"name": "wiki", "tokens": 1e9},  # cap 0.04
+        ],
+        train_tokens=100e9,
+        max_epochs=4,
+    )
+
+
 def assert_valid_mixtures(space: DomainSpace, proposals: list[Proposal], count: int) -> None:
     """``count`` proposals, each a finite mixture over the space's domains within its bounds."""
     assert len(proposals) == count, f"asked for {count} proposals, got {len(proposals)}"

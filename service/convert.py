@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from mixopt import schemas
 from service.store import ExperimentRecord, PointRecord, RunRecord, TokenRecord
-from service.store.base import FitRecord
+from service.store.base import FitRecord, WeightsRecord
 
-__all__ = ["experiment_out", "fit_out", "point_out", "run_out", "token_out"]
+__all__ = ["experiment_out", "fit_out", "point_out", "run_out", "token_out", "weights_out"]
 
 
 def experiment_out(record: ExperimentRecord) -> schemas.Experiment:
@@ -70,4 +70,15 @@ def fit_out(record: FitRecord) -> schemas.FitReport:
             "n_runs": record.n_runs,
             "fitted_at": record.fitted_at,
         }
+    )
+
+
+def weights_out(record: WeightsRecord) -> schemas.Weights:
+    return schemas.Weights(
+        run_id=record.run_id,
+        weights=record.weights,
+        version=record.version,
+        step=record.step,
+        train_steps=record.train_steps,
+        phase=record.phase,
     )

@@ -7,10 +7,8 @@ The RegMix tests use the real 1M-parameter proxy runs of the RegMix paper (../sh
 
 from __future__ import annotations
 
-import csv
 import pickle
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,26 +30,12 @@ from mixers.fitting import (
 from mixers.regressors import REGRESSORS, regressor_names
 from mixopt.errors import Conflict, InvalidInput
 from mixopt.schemas import FitReport, Recommendation
+from tests.regmix_data import DATA, load_regmix
 
 FloatArray = NDArray[np.float64]
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "regmix"
-TARGET = "metric/the_pile_pile_cc_val_loss"
 
 
 # --- data ----------------------------------------------------------------------------------------
-
-
-def load_regmix(split: str) -> tuple[FloatArray, FloatArray, list[str], list[str]]:
-    """(X, y, domain names, run ids) of one split, mixtures joined with losses on ``index``."""
-    with (DATA / f"{split}_mixture_1m.csv").open() as f:
-        mixtures = list(csv.DictReader(f))
-    with (DATA / f"{split}_pile_loss_1m.csv").open() as f:
-        losses = {row["index"]: float(row[TARGET]) for row in csv.DictReader(f)}
-    columns = [c for c in mixtures[0] if c != "index"]
-    X = np.array([[float(row[c]) for c in columns] for row in mixtures])
-    y = np.array([losses[row["index"]] for row in mixtures])
-    names = [c.removeprefix("train_the_pile_") for c in columns]
-    return X, y, names, [f"{split}-{row['index']}" for row in mixtures]
 
 
 @pytest.fixture(scope="module")

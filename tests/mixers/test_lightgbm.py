@@ -8,10 +8,8 @@ ranks the test mixtures with Spearman 0.99; the linear baseline gets about 0.90.
 
 from __future__ import annotations
 
-import csv
 import pickle
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,10 +28,9 @@ from mixers.regressors import (
     regressor_names,
 )
 from mixers.regressors.lightgbm import auto_min_child_samples
+from tests.regmix_data import DATA, load_regmix
 
 FloatArray = NDArray[np.float64]
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "regmix"
-TARGET = "metric/the_pile_pile_cc_val_loss"
 
 
 # --- conformance and basics ----------------------------------------------------------------------
@@ -110,19 +107,6 @@ def test_refuses_bad_parameters():
 
 
 # --- RegMix --------------------------------------------------------------------------------------
-
-
-def load_regmix(split: str) -> tuple[FloatArray, FloatArray, list[str], list[str]]:
-    """(X, y, domain names, run ids) of one split, mixtures joined with losses on ``index``."""
-    with (DATA / f"{split}_mixture_1m.csv").open() as f:
-        mixtures = list(csv.DictReader(f))
-    with (DATA / f"{split}_pile_loss_1m.csv").open() as f:
-        losses = {row["index"]: float(row[TARGET]) for row in csv.DictReader(f)}
-    columns = [c for c in mixtures[0] if c != "index"]
-    X = np.array([[float(row[c]) for c in columns] for row in mixtures])
-    y = np.array([losses[row["index"]] for row in mixtures])
-    names = [c.removeprefix("train_the_pile_") for c in columns]
-    return X, y, names, [f"{split}-{row['index']}" for row in mixtures]
 
 
 @pytest.fixture(scope="module")

@@ -17,27 +17,12 @@ from mixers import Mixer, Observation, OfflineMixer, get_method, methods, regist
 from mixers.base import DomainSpace
 from mixers.offline.fixed import FixedMixer
 from mixers.offline.regmix import RegMixConfig, RegMixMixer, dirichlet_design
-from mixers.testing import assert_valid_mixtures, check_offline_mixer
+from mixers.testing import assert_valid_mixtures, check_offline_mixer, generic_space
 from mixopt.errors import InvalidInput
 
 FloatArray = NDArray[np.float64]
 PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SHARE = 1e-3  # the tiny-domain guarantee: a share of at least this in some proposal
-
-
-def generic_space() -> DomainSpace:
-    """Five domains with a skewed token prior, min/max bounds and binding repetition caps."""
-    return DomainSpace.from_domains(
-        [
-            {"name": "web", "tokens": 500e9, "max_weight": 0.7},
-            {"name": "code", "tokens": 100e9},
-            {"name": "books", "tokens": 20e9, "min_weight": 0.05},
-            {"name": "math", "tokens": 5e9},  # cap 4 * 5e9 / 100e9 = 0.2
-            {"name": "wiki", "tokens": 1e9},  # cap 0.04
-        ],
-        train_tokens=100e9,
-        max_epochs=4,
-    )
 
 
 GENERIC_WEIGHTS = {"web": 0.5, "code": 0.25, "books": 0.15, "math": 0.07, "wiki": 0.03}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,24 +9,19 @@ from fastapi.testclient import TestClient
 from scipy import stats
 
 from service.store import NewRun, SqlStore
+from tests.regmix_data import load_regmix
 
 API = "/api/v1"
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "regmix"
-TARGET = "metric/the_pile_pile_cc_val_loss"
-PREFIX = "train_the_pile_"
 
 
 def read_swarm(split: str) -> list[tuple[dict[str, float], float]]:
-    with (DATA / f"{split}_mixture_1m.csv").open() as f:
-        mixtures = {row["index"]: row for row in csv.DictReader(f)}
-    with (DATA / f"{split}_pile_loss_1m.csv").open() as f:
-        losses = {row["index"]: float(row[TARGET]) for row in csv.DictReader(f)}
-    swarm = []
-    for index, row in mixtures.items():
-        weights = {k[len(PREFIX) :]: float(v) for k, v in row.items() if k.startswith(PREFIX)}
-        total = sum(weights.values())  # the files round to 1e-3: renormalise, as the CLI does
-        swarm.append(({k: v / total for k, v in weights.items()}, losses[index]))
-    return swarm
+    """(weights, loss) per run; the files round weights to 1e-3: renormalised, as the CLI does."""
+    weights, losses, names, _ = load_regmix(split)
+    weights = weights / weights.sum(axis=1, keepdims=True)
+    return [
+        (dict(zip(names, map(float, row), strict=True)), float(loss))
+        for row, loss in zip(weights, losses, strict=True)
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -8,23 +8,12 @@ from fastapi import APIRouter, Header, Query, Response
 
 from mixopt import schemas
 from service.api.deps import AuthenticatedRoute, OpsDep, ReadDep, StoreDep, WriteDep
+from service.convert import weights_out
 from service.problems import PROBLEM_RESPONSES
-from service.store.base import WeightsRecord
 
 router = APIRouter(
     prefix="/runs", tags=["online"], responses=PROBLEM_RESPONSES, route_class=AuthenticatedRoute
 )
-
-
-def weights_out(record: WeightsRecord) -> schemas.Weights:
-    return schemas.Weights(
-        run_id=record.run_id,
-        weights=record.weights,
-        version=record.version,
-        step=record.step,
-        train_steps=record.train_steps,
-        phase=record.phase,
-    )
 
 
 def _etag(version: int) -> str:

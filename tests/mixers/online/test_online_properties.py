@@ -20,23 +20,9 @@ from hypothesis import strategies as st
 from mixers import DomainSpace, Mixer, methods
 from mixers.base import SUM_TOLERANCE
 from mixers.online.base import Feedback, OnlineMixer, State
+from mixers.testing import generic_space
 
 PROPERTY = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def bounded_space() -> DomainSpace:
-    """Five domains with a skewed prior, a min_weight and binding repetition caps."""
-    return DomainSpace.from_domains(
-        [
-            {"name": "web", "tokens": 500e9, "max_weight": 0.7},
-            {"name": "code", "tokens": 100e9},
-            {"name": "books", "tokens": 20e9, "min_weight": 0.05},
-            {"name": "math", "tokens": 5e9},  # cap 4 * 5e9 / 100e9 = 0.2
-            {"name": "wiki", "tokens": 1e9},  # cap 0.04
-        ],
-        train_tokens=100e9,
-        max_epochs=4,
-    )
 
 
 def closed_space() -> DomainSpace:
@@ -50,7 +36,7 @@ def single_space() -> DomainSpace:
     return DomainSpace.from_domains([{"name": "only"}])
 
 
-SPACES = {"bounded": bounded_space, "closed": closed_space, "single": single_space}
+SPACES = {"bounded": generic_space, "closed": closed_space, "single": single_space}
 
 
 def method_configs(name: str, space: DomainSpace) -> list[dict[str, Any]]:

@@ -1,0 +1,31 @@
+# ruff: noqa: N806 - X is the conventional name of a design matrix (scikit-learn)
+"""The real RegMix swarm in ../shared/data/regmix, as the tests read it."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "regmix"
+TARGET = "metric/the_pile_pile_cc_val_loss"
+WEIGHT_PREFIX = "train_the_pile_"
+
+
+def load_regmix(split: str) -> tuple[FloatArray, FloatArray, list[str], list[str]]:
+    """(X, y, domain names, run ids) of one split, mixtures joined with losses on ``index``.
+
+    The weights are as stored (rounded to 1e-3, so rows sum to 1 only within 1 %).
+    """
+    with (DATA / f"{split}_mixture_1m.csv").open() as f:
+        mixtures = list(csv.DictReader(f))
+    with (DATA / f"{split}_pile_loss_1m.csv").open() as f:
+        losses = {row["index"]: float(row[TARGET]) for row in csv.DictReader(f)}
+    columns = [c for c in mixtures[0] if c != "index"]
+    X = np.array([[float(row[c]) for c in columns] for row in mixtures])
+    y = np.array([losses[row["index"]] for row in mixtures])
+    names = [c.removeprefix(WEIGHT_PREFIX) for c in columns]
+    return X, y, names, [f"{split}-{row['index']}" for row in mixtures]

@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from fastapi import FastAPI
 from service.main import API_PREFIX
 from service.store import SqlStore
 from service.store.sql import hash_token
+from tests.conftest import Tokens
 from tests.service.conftest import TestClient, experiment_body
 
 API = API_PREFIX
@@ -56,21 +56,11 @@ def required_scope(method: str, path: str) -> str | None:
     return "write"
 
 
-@dataclass
-class Secrets:
-    read: str
-    write: str
-    admin: str
-
-    def header(self, scope: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {getattr(self, scope)}"}
-
-
 @pytest.fixture
-def secrets(store: SqlStore) -> Secrets:
+def secrets(store: SqlStore) -> Tokens:
     # Token 1 is a spare: the walk below revokes token "1" with DELETE /tokens/1.
     store.create_token("spare", "read", None)
-    return Secrets(
+    return Tokens(
         read=store.create_token("reader", "read", None)[1],
         write=store.create_token("writer", "write", None)[1],
         admin=store.create_token("admin", "admin", None)[1],
@@ -124,7 +114,7 @@ def call(
 
 
 def test_every_operation_requires_the_contracts_scope(
-    app: FastAPI, anonymous: TestClient, secrets: Secrets
+    app: FastAPI, anonymous: TestClient, secrets: Tokens
 ) -> None:
     ops = operations(app)
     assert len(ops) >= 20, ops
@@ -152,7 +142,7 @@ def test_every_operation_requires_the_contracts_scope(
     assert walked >= 18
 
 
-def test_malformed_authorization_headers_are_401(anonymous: TestClient, secrets: Secrets) -> None:
+def test_malformed_authorization_headers_are_401(anonymous: TestClient, secrets: Tokens) -> None:
     for garbage in (
         "Bearer mxo_" + "A" * 43,
         "Bearer " + secrets.admin + "x",
@@ -192,7 +182,7 @@ def test_public_endpoints_need_no_token(anonymous: TestClient) -> None:
     assert anonymous.get("/healthz", headers={"Authorization": "Bearer nope"}).status_code == 200
 
 
-def test_auth_comes_before_body_validation(anonymous: TestClient, secrets: Secrets) -> None:
+def test_auth_comes_before_body_validation(anonymous: TestClient, secrets: Tokens) -> None:
     """An anonymous or underprivileged caller learns nothing about its body: 401/403 first."""
     url = f"{API}/experiments/1/proposals"
     for body in (b"{bad", b"[1]", b'{"count": 0}'):
@@ -219,7 +209,7 @@ def test_expired_token_is_401(anonymous: TestClient, store: SqlStore) -> None:
     assert response.status_code == 200
 
 
-def test_revoked_token_is_401(anonymous: TestClient, secrets: Secrets) -> None:
+def test_revoked_token_is_401(anonymous: TestClient, secrets: Tokens) -> None:
     admin = secrets.header("admin")
     created = anonymous.post(f"{API}/tokens", json={"name": "ci", "scope": "write"}, headers=admin)
     assert created.status_code == 201, created.text
@@ -239,7 +229,7 @@ def test_revoked_token_is_401(anonymous: TestClient, secrets: Secrets) -> None:
     assert_problem(anonymous.get(f"{API}/experiments", headers=headers), 401)
 
 
-def test_tokens_api_shows_the_secret_once(anonymous: TestClient, secrets: Secrets) -> None:
+def test_tokens_api_shows_the_secret_once(anonymous: TestClient, secrets: Tokens) -> None:
     admin = secrets.header("admin")
     answer = anonymous.post(
         f"{API}/tokens",
@@ -276,7 +266,7 @@ def test_tokens_api_shows_the_secret_once(anonymous: TestClient, secrets: Secret
         assert_problem(anonymous.post(f"{API}/tokens", json=body, headers=admin), 422)
 
 
-def test_scopes_nest(anonymous: TestClient, secrets: Secrets) -> None:
+def test_scopes_nest(anonymous: TestClient, secrets: Tokens) -> None:
     admin, write, read = (secrets.header(s) for s in ("admin", "write", "read"))
     created = anonymous.post(f"{API}/experiments", json=experiment_body(), headers=admin)
     assert created.status_code == 201, created.text

@@ -101,7 +101,7 @@ def serve(
         )
     engine = make_engine(settings.database_url)
     schema.upgrade(engine)
-    store = SqlStore(engine)
+    store = SqlStore(engine, weights_cache=settings.weights_cache)
     if demo:
         from service.demo import load_demo
         from service.operations import Operations
@@ -116,13 +116,16 @@ def serve(
             f'try: curl -H "Authorization: Bearer $MIXOPT_TOKEN" '
             f"http://{settings.host}:{settings.port}/api/v1/experiments"
         )
-    uvicorn.run(
-        create_app(settings, store),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
-    )
+    try:
+        uvicorn.run(
+            create_app(settings, store),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        store.close()
 
 
 @db_app.command("upgrade")

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     lease_sweep_seconds: float = Field(
         default=15.0, gt=0, description="how often expired leases are returned to pending"
     )
+    weights_cache: bool = Field(
+        default=True,
+        description="answer weights polls from memory, kept fresh by LISTEN/NOTIFY (Postgres)",
+    )
     log_level: str = Field(default="info", description="uvicorn log level")
 
     @field_validator("database_url")

@@ -372,17 +372,16 @@ class Operations:
         """
         recorded = body.model_dump(mode="json")
         for _ in range(50):
-            earlier = self.store.live_feedback(run_id, body.step)
-            if earlier is not None:
-                if earlier != recorded:
+            context = self.store.feedback_context(run_id, body.step)
+            if context.recorded is not None:
+                if context.recorded != recorded:
                     raise Conflict(
                         f"feedback for step {body.step} was already recorded with another body"
                     )
                 return self.store.get_weights(run_id)
-            current = self.store.online_state(run_id)
+            current, experiment = context.state, context.experiment
             if current.frozen:
                 raise Conflict(f"run {run_id} is completed; its mixer state is frozen")
-            experiment = self.store.get_experiment(current.experiment_id, counts=False)
             space = space_of(experiment)
             _check_domains(space, body, experiment.method)
             mixer, _ = self._online_mixer(experiment)

@@ -105,8 +105,11 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def store(engine: Engine, clock: Clock) -> SqlStore:
-    return SqlStore(engine, clock=clock)
+def store(engine: Engine, clock: Clock) -> Iterator[SqlStore]:
+    # With the weights cache, as the service runs (it is used on Postgres only).
+    store = SqlStore(engine, clock=clock, weights_cache=True)
+    yield store
+    store.close()
 
 
 @dataclass

@@ -142,6 +142,16 @@ class OnlineState:
 
 
 @dataclass(frozen=True)
+class FeedbackContext:
+    """What folding one feedback needs, read at once: the state, its experiment, and the body
+    already recorded at that step (``None`` if none)."""
+
+    state: OnlineState
+    experiment: ExperimentRecord
+    recorded: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class FitRecord:
     id: str
     experiment_id: str
@@ -320,6 +330,11 @@ class Store(ABC):
     def get_weights(self, run_id: str, at_step: int | None = None) -> WeightsRecord:
         """The current weights, or those in effect at ``at_step``."""
 
+    def cached_weights(self, run_id: str) -> WeightsRecord | None:
+        """The current weights from memory without blocking, or ``None`` (then ask
+        ``get_weights``). Only ever a version that was current a moment ago."""
+        return None
+
     @abstractmethod
     def weights_history(
         self, run_id: str, *, limit: int, cursor: str | None
@@ -327,8 +342,8 @@ class Store(ABC):
         """Every version, oldest first, superseded ones included."""
 
     @abstractmethod
-    def live_feedback(self, run_id: str, step: int) -> dict[str, Any] | None:
-        """The body of the feedback recorded at ``step`` (not superseded), if any."""
+    def feedback_context(self, run_id: str, step: int) -> FeedbackContext:
+        """One read for a feedback: ``NotFound`` for unknown runs and runs that are not online."""
 
     @abstractmethod
     def last_feedback(self, run_id: str) -> dict[str, Any] | None:

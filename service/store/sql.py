@@ -23,6 +23,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Row,
+    Select,
     create_engine,
     event,
     func,
@@ -41,6 +42,7 @@ from mixopt.settings import normalise_database_url
 from service.store import schema
 from service.store.base import (
     ExperimentRecord,
+    FeedbackContext,
     FitRecord,
     NewExperiment,
     NewRun,
@@ -64,6 +66,8 @@ from service.store.models import (
     RunRow,
     WeightVersionRow,
 )
+from service.store.weights_cache import CHANNEL as WEIGHTS_CHANNEL
+from service.store.weights_cache import WeightsCache, WeightsChangeListener
 
 __all__ = ["SqlStore", "hash_token", "make_engine", "utcnow"]
 
@@ -137,20 +141,44 @@ def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
 
 
 _STATUSES = ("pending", "running", "completed", "failed")
+_WEIGHTS_CHANGED = "mixopt_weights_changed"
+"""Key in ``Connection.info``: the runs whose weights a transaction changed."""
 
 
 class SqlStore(Store):
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utcnow) -> None:
+    """``weights_cache``: answer current-weights reads from memory (Postgres only; see
+    ``service.store.weights_cache`` for why it stays correct across replicas)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        weights_cache: bool = False,
+    ) -> None:
         self.engine = engine
         self._clock = clock
         self._dialect = engine.dialect.name
+        self._weights_cache: WeightsCache | None = None
+        self._listener: WeightsChangeListener | None = None
+        if weights_cache and self._dialect == "postgresql":
+            self._weights_cache = WeightsCache()
+            conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._listener = WeightsChangeListener(conninfo, self._weights_cache).start()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> SqlStore:
         return cls(make_engine(url), **kwargs)
 
     def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
         self.engine.dispose()
+
+    def wait_weights_cache(self, timeout: float = 10.0) -> bool:
+        """Block until the weights cache answers (its listener is connected); False if it has
+        none or it did not connect in time."""
+        return self._listener is not None and self._listener.wait_connected(timeout)
 
     # --- transactions -------------------------------------------------------------------------
 
@@ -158,8 +186,16 @@ class SqlStore(Store):
     def _write(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                yield conn
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                # After the commit (or the rollback), never before: a reader between an early
+                # invalidation and the commit would cache the old version again.
+                changed = conn.info.pop(_WEIGHTS_CHANGED, ())
+                if self._weights_cache is not None:
+                    for rid in changed:
+                        self._weights_cache.invalidate(rid)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -857,6 +893,10 @@ class SqlStore(Store):
         conn.execute(
             update(RunRow).where(RunRow.id == rid).values(weights=dict(weights), updated_at=now)
         )
+        conn.info.setdefault(_WEIGHTS_CHANGED, set()).add(rid)
+        if self._dialect == "postgresql":
+            # Delivered at commit to every replica's weights cache (and only if it commits).
+            conn.execute(select(func.pg_notify(WEIGHTS_CHANNEL, str(rid))))
         return self._weights(row)
 
     def start_online_run(
@@ -935,8 +975,15 @@ class SqlStore(Store):
             frozen=row.frozen,
         )
 
+    def cached_weights(self, run_id: str) -> WeightsRecord | None:
+        if self._weights_cache is None or not run_id.isdigit():
+            return None
+        return self._weights_cache.get(int(run_id))
+
     def get_weights(self, run_id: str, at_step: int | None = None) -> WeightsRecord:
         rid = _parse_id(run_id, "run")
+        cache = self._weights_cache if at_step is None else None
+        ticket = cache.ticket(rid) if cache is not None else None
         query = (
             select(WeightVersionRow)
             .where(WeightVersionRow.run_id == rid, WeightVersionRow.superseded.is_(False))
@@ -950,7 +997,10 @@ class SqlStore(Store):
             if row is None:
                 self._online_state(conn, rid)  # NotFound unless it is an online run
                 raise NotFound(f"run {rid} has no weights at step {at_step}")
-        return self._weights(row)
+        record = self._weights(row)
+        if cache is not None and ticket is not None:
+            cache.put(ticket, record)
+        return record
 
     def weights_history(
         self, run_id: str, *, limit: int, cursor: str | None
@@ -970,17 +1020,43 @@ class SqlStore(Store):
             rows = conn.execute(query).all()
         return _page(rows, limit, self._weights, key=lambda r: [r.version])
 
-    def live_feedback(self, run_id: str, step: int) -> dict[str, Any] | None:
+    def feedback_context(self, run_id: str, step: int) -> FeedbackContext:
         rid = _parse_id(run_id, "run")
+        recorded = (
+            select(FeedbackRow.body)
+            .where(
+                FeedbackRow.run_id == rid,
+                FeedbackRow.step == step,
+                FeedbackRow.superseded.is_(False),
+            )
+            .scalar_subquery()
+        )
+        query: Select[Any] = (
+            select(
+                *ExperimentRow.__table__.columns,
+                MixerStateRow.version.label("state_version"),
+                MixerStateRow.state.label("state_body"),
+                MixerStateRow.frozen.label("state_frozen"),
+                recorded.label("recorded"),
+            )
+            .select_from(MixerStateRow)
+            .join(RunRow, RunRow.id == MixerStateRow.run_id)
+            .join(ExperimentRow, ExperimentRow.id == RunRow.experiment_id)
+            .where(MixerStateRow.run_id == rid)
+        )
         with self._read() as conn:
-            body = conn.execute(
-                select(FeedbackRow.body).where(
-                    FeedbackRow.run_id == rid,
-                    FeedbackRow.step == step,
-                    FeedbackRow.superseded.is_(False),
-                )
-            ).scalar()
-        return body
+            row = conn.execute(query).first()
+            if row is None:
+                self._online_state(conn, rid)  # the right NotFound
+                raise NotFound(f"run {rid} is not an online training run")
+        state = OnlineState(
+            run_id=str(rid),
+            experiment_id=str(row.id),
+            version=row.state_version,
+            state=row.state_body,
+            frozen=row.state_frozen,
+        )
+        return FeedbackContext(state, self._experiment(row, {}), row.recorded)
 
     def last_feedback(self, run_id: str) -> dict[str, Any] | None:
         rid = _parse_id(run_id, "run")

@@ -204,7 +204,7 @@ def test_offline_runs_have_no_weights_feed(client: TestClient, experiment: dict[
 @pytest.fixture
 def two_replicas(database_url: str, store: SqlStore) -> Iterator[tuple[str, str]]:
     """Two app instances, each with its own engine and process state, on one database."""
-    stores = [SqlStore(make_engine(database_url)) for _ in range(2)]
+    stores = [SqlStore(make_engine(database_url), weights_cache=True) for _ in range(2)]
     with (
         ThreadedServer(create_app(Settings(token_cache_seconds=5), stores[0])) as first,
         ThreadedServer(create_app(Settings(token_cache_seconds=5), stores[1])) as second,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
+from starlette.concurrency import run_in_threadpool
 
 from mixopt import schemas
 from service.api.deps import AuthenticatedRoute, OpsDep, ReadDep, StoreDep, WriteDep
@@ -20,21 +21,36 @@ def _etag(version: int) -> str:
     return f'"{version}"'
 
 
+def _newest_known(if_none_match: str | None) -> int:
+    """The highest version named in ``If-None-Match`` (0 if none): what the client has seen."""
+    newest = 0
+    for tag in (if_none_match or "").split(","):
+        tag = tag.strip().removeprefix("W/").strip('"')
+        if tag.isdigit():
+            newest = max(newest, int(tag))
+    return newest
+
+
 @router.get(
     "/{run_id}/weights",
     dependencies=[ReadDep],
     response_model=schemas.Weights,
     responses={304: {"description": "If-None-Match names the current version"}},
 )
-def get_weights(
+async def get_weights(
     run_id: str,
     store: StoreDep,
     response: Response,
     at_step: Annotated[int | None, Query(ge=0, le=schemas.MAX_STEP)] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> schemas.Weights | Response:
-    """The current weights (a plain indexed read: no mixer maths on a poll)."""
-    record = store.get_weights(run_id, at_step)
+    """The current weights: from the store's cache on the event loop when it has them, else an
+    indexed read in a thread (no mixer maths on a poll either way)."""
+    record = store.cached_weights(run_id) if at_step is None else None
+    if record is None or record.version < _newest_known(if_none_match):
+        # A client never goes back to an older version than it has seen, even if this replica
+        # has not yet heard of the newer one.
+        record = await run_in_threadpool(store.get_weights, run_id, at_step)
     etag = _etag(record.version)
     if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
         return Response(status_code=304, headers={"ETag": etag})

@@ -86,7 +86,7 @@ def synthetic_runs(
 def synthetic() -> tuple[DomainSpace, FitResult]:
     space = synthetic_space()
     X, y, ids = synthetic_runs(space, 64, seed=3)
-    return space, fit_model(X, y, ids, names=space.names, seed=0)
+    return space, fit_model(X, y, ids, model="linear", names=space.names, seed=0)
 
 
 def assert_mixture(space: DomainSpace, weights: dict[str, float]) -> FloatArray:
@@ -144,15 +144,20 @@ def test_regmix_importance(regmix):
     assert importance["github"] > importance["enron_emails"]
 
 
+def regmix_space(regmix: dict[str, Any]) -> DomainSpace:
+    """The RegMix domains with the swarm's mean mixture as the prior (the swarm's centre)."""
+    return DomainSpace.from_domains(
+        [
+            {"name": n, "prior": float(p)}
+            for n, p in zip(regmix["names"], regmix["X"].mean(axis=0), strict=True)
+        ]
+    )
+
+
 def test_regmix_recommendation(regmix):
     """RegMix's procedure on the real runs: Pile-CC dominates the recommended mixture."""
     X: FloatArray = regmix["X"]
-    space = DomainSpace.from_domains(
-        [
-            {"name": n, "prior": float(p)}
-            for n, p in zip(regmix["names"], X.mean(axis=0), strict=True)
-        ]
-    )
+    space = regmix_space(regmix)
     rec = recommend(space, regmix["result"], np.random.default_rng(0))
     w = assert_mixture(space, rec["weights"])
     assert rec["weights"]["pile_cc"] > 0.6  # RegMix's own search: 0.87-0.89
@@ -183,8 +188,9 @@ def test_auto_compares_every_registered_regressor(monkeypatch):
     assert {c["model"] for c in result.candidates} >= {"linear", "mean"}
     scores = {c["model"]: c["spearman"] for c in result.candidates}
     assert scores["mean"] is None  # constant predictions have no rank correlation
-    assert result.model == "linear"
-    assert result.cv["spearman"] == scores["linear"]
+    ranked = {name: score for name, score in scores.items() if score is not None}
+    assert result.model == max(ranked, key=ranked.__getitem__)  # the best cross-validated
+    assert result.cv["spearman"] == scores[result.model]
 
     only = fit_model(X, y, ids, model="mean", names=space.names, seed=0)
     assert only.model == only.requested == "mean"
@@ -403,6 +409,43 @@ def test_search_of_100k_candidates_is_fast(synthetic):
     rec = recommend(space, result, np.random.default_rng(0))
     assert rec["search"]["candidates"] == 100_000
     assert rec["search"]["seconds"] < 2.0  # ~0.3 s on one core
+
+
+def test_refining_around_the_best_beats_sampling_alone(regmix):
+    """The same number of scored candidates, spent half on refinement, finds a mixture the
+    model predicts better: the point of the coarse-to-fine search."""
+    space = regmix_space(regmix)
+    result = regmix["result"]
+    values = {
+        refine: recommend(space, result, np.random.default_rng(0), candidates=20_000, refine=refine)
+        for refine in (False, True)
+    }
+    assert values[True]["search"]["refine_rounds"] == 3
+    assert values[False]["search"]["refine_rounds"] == 0
+    assert values[True]["search"]["candidates"] == values[False]["search"]["candidates"] == 20_000
+    better = values[False]["predicted"]["value"] - values[True]["predicted"]["value"]
+    assert better > 0.002, better  # Pile-CC loss; about 0.01 on this swarm
+
+
+def test_kl_penalty_pulls_the_recommendation_towards_the_prior(synthetic):
+    space, result = synthetic
+    prior = space.prior / space.prior.sum()
+
+    def kl(weights: dict[str, float]) -> float:
+        w = space.to_array(weights)
+        return float(np.sum(np.where(w > 0, w * np.log(w / prior), 0.0)))
+
+    free = recommend(space, result, np.random.default_rng(0), candidates=20_000)
+    pulled = recommend(space, result, np.random.default_rng(0), candidates=20_000, kl_penalty=10.0)
+    assert pulled["search"]["kl_penalty"] == 10.0
+    assert kl(pulled["weights"]) < 0.5 * kl(free["weights"])
+    # The penalty is a ranking device: reported predictions are the model's own.
+    assert pulled["predicted"]["value"] == pytest.approx(
+        float(result.estimator.predict(space.to_array(pulled["weights"])[None, :])[0])
+    )
+    assert pulled["predicted"]["value"] >= free["predicted"]["value"]
+    with pytest.raises(ValueError, match="kl_penalty"):
+        recommend(space, result, np.random.default_rng(0), candidates=10, kl_penalty=-1.0)
 
 
 # --- the batched projection ----------------------------------------------------------------------

@@ -247,12 +247,14 @@ def fit_model(
     seed: int,
     folds: int = 5,
     direction: Direction = "minimize",
+    importance: bool = True,
 ) -> FitResult:
     """Cross-validate ``model`` (or every registered regressor for ``auto``), refit on all runs.
 
     ``X``: (n, K) weights in ``names`` order; ``y``: the objective of each run; ``run_ids``: the
     runs' ids (for the out-of-fold report). The caller passes the usable runs only (completed,
-    not excluded, finite objective). Raises ``Conflict`` for fewer than 8 runs (or a single
+    not excluded, finite objective). ``importance=False`` skips the permutation importance (the
+    report's ``importance`` is then empty). Raises ``Conflict`` for fewer than 8 runs (or a single
     distinct mixture), ``InvalidInput`` at ``("body", "model")`` for an unknown model.
     """
     started = time.perf_counter()
@@ -315,7 +317,7 @@ def fit_model(
         names=names,
         cv={"folds": folds, **scores},
         candidates=candidates,
-        importance=_importance(estimator, X, y, names, seed),
+        importance=_importance(estimator, X, y, names, seed) if importance else {},
         noise=_noise(y, groups),
         oof=[
             (str(r), float(a), float(p))

@@ -321,6 +321,7 @@ class MixoptClient:
         headers: Mapping[str, str] | None = None,
         idempotent: bool = True,
         retry_unavailable: bool = True,
+        timeout: float | None = None,
     ) -> httpx.Response:
         """One call, repeated on 503 and transient connection failures (see the module doc).
         Returns a response with a status below 400; raises ``MixoptAPIError`` otherwise."""
@@ -329,7 +330,12 @@ class MixoptClient:
         while True:
             try:
                 response = self._http.request(
-                    method, path, json=json, params=query or None, headers=headers
+                    method,
+                    path,
+                    json=json,
+                    params=query or None,
+                    headers=headers,
+                    timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
                 )
             except _MAYBE_SENT as exc:
                 retryable = idempotent or isinstance(exc, _NEVER_SENT)
@@ -686,6 +692,34 @@ class MixoptClient:
             "POST",
             f"{API_PREFIX}/experiments/{_q(experiment_id)}/fit",
             json=self._body(body),
+        )
+
+    def backtest(
+        self,
+        experiment_id: str,
+        *,
+        models: Sequence[str] | None = None,
+        sizes: Sequence[int] | None = None,
+        designs: Sequence[str] = ("stored",),
+        reference_model: str = "lightgbm",
+        timeout: float = 1800,
+    ) -> schemas.BacktestReport:
+        """``POST /experiments/{id}/backtest``: replay the usable runs with each model, size and
+        design (see ``mixers.backtest``). Stores nothing, so it is safe to repeat; it can take
+        minutes, hence its own ``timeout``."""
+        body = _build(
+            schemas.BacktestRequest,
+            models=list(models) if models is not None else None,
+            sizes=list(sizes) if sizes is not None else None,
+            designs=list(designs),
+            reference_model=reference_model,
+        )
+        return self._model(
+            schemas.BacktestReport,
+            "POST",
+            f"{API_PREFIX}/experiments/{_q(experiment_id)}/backtest",
+            json=self._body(body),
+            timeout=timeout,
         )
 
     def list_fits(

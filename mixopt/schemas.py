@@ -426,6 +426,65 @@ class FitReport(_Reply):
     oof: list[OutOfFold] = Field(default_factory=list)
 
 
+class BacktestRequest(_Body):
+    models: list[Name] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16,
+        description="regressors to compare, and/or auto (default: every regressor and auto)",
+    )
+    sizes: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16,
+        description="numbers of runs to replay (default: 32, 64, 128, ... and all usable runs)",
+    )
+    designs: list[Name] = Field(
+        default_factory=lambda: ["stored"],
+        min_length=1,
+        max_length=8,
+        description="stored (creation order), random, or an offline method replayed against "
+        "the stored runs (each proposal answered by the nearest unused run)",
+    )
+    reference_model: Name = Field(
+        default="lightgbm", description="the regressor fitted on every run to judge the others"
+    )
+
+
+class BacktestRow(_Reply):
+    design: str
+    n_runs: int
+    model: str
+    requested: str
+    cv_spearman: float | None = None
+    heldout_spearman: float | None = None
+    predicted: float
+    judged: float
+    regret: float
+    weights: dict[str, float]
+    match_l1: float | None = None
+    seconds: float
+
+
+class BacktestReference(_Reply):
+    model: str
+    cv_spearman: float | None = None
+    weights: dict[str, float]
+    judged: float
+
+
+class BacktestReport(_Reply):
+    experiment_id: str | None = None
+    n_runs: int
+    sizes: list[int]
+    designs: list[str]
+    models: list[str]
+    direction: Literal["minimize", "maximize"]
+    reference: BacktestReference
+    rows: list[BacktestRow]
+    seconds: float
+
+
 class Predicted(_Reply):
     value: float
     low: float

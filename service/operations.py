@@ -18,8 +18,11 @@ import numpy as np
 from pydantic import ValidationError
 
 from mixers import DomainSpace, Observation, OfflineMixer, fitting, get_method
+from mixers.backtest import backtest as run_backtest
+from mixers.backtest import backtest_steps, default_sizes
 from mixers.base import MethodConfig, Mixer
 from mixers.online import Feedback, OnlineMixer
+from mixers.regressors import regressor_names
 from mixopt import schemas
 from mixopt.errors import Conflict, ErrorItem, Gone, InvalidInput, NotFound
 from service.convert import fit_out
@@ -28,6 +31,8 @@ from service.store.base import StaleVersion, WeightsRecord
 
 __all__ = ["Operations", "objective_value", "space_of"]
 
+MAX_BACKTEST_FITS = 200
+"""Fits one backtest request may make (each takes up to a few seconds)."""
 ONLINE_DEFAULT_OBJECTIVE = {"metrics": {"eval_loss/mean": 1.0}, "direction": "minimize"}
 
 
@@ -258,16 +263,7 @@ class Operations:
         experiment = self._offline(experiment_id)
         _, config = _mixer(experiment)
         space = space_of(experiment)
-        usable = [
-            (run.id, obs)
-            for run, obs in self._observed(experiment, space)
-            if obs.status == "completed" and not obs.excluded and obs.objective is not None
-        ]
-        if len(usable) < fitting.MIN_RUNS:
-            raise Conflict(
-                f"fewer than {fitting.MIN_RUNS} usable runs (completed, not excluded, with "
-                f"every objective metric): {len(usable)}"
-            )
+        usable = self._usable(experiment, space)
         direction = experiment.objective.get("direction", "minimize")
         seed = config.seed or 0
         result = fitting.fit_model(
@@ -295,6 +291,62 @@ class Operations:
             blob=pickle.dumps(result),
         )
         return fit_out(record)
+
+    def _usable(
+        self, experiment: ExperimentRecord, space: DomainSpace
+    ) -> list[tuple[str, Observation]]:
+        """The runs a fit learns from, oldest first; ``Conflict`` when there are too few."""
+        usable = [
+            (run.id, obs)
+            for run, obs in self._observed(experiment, space)
+            if obs.status == "completed" and not obs.excluded and obs.objective is not None
+        ]
+        if len(usable) < fitting.MIN_RUNS:
+            raise Conflict(
+                f"fewer than {fitting.MIN_RUNS} usable runs (completed, not excluded, with "
+                f"every objective metric): {len(usable)}"
+            )
+        return usable
+
+    def backtest(
+        self, experiment_id: str, body: schemas.BacktestRequest
+    ) -> schemas.BacktestReport:
+        """Replay the experiment's usable runs (``mixers.backtest``); CPU-bound, stores nothing."""
+        experiment = self._offline(experiment_id)
+        _, config = _mixer(experiment)
+        space = space_of(experiment)
+        usable = self._usable(experiment, space)
+        n = len(usable)
+        models = body.models or [*regressor_names(), "auto"]
+        sizes = body.sizes or default_sizes(n)
+        fits = backtest_steps(body.designs, sizes, models)
+        if fits > MAX_BACKTEST_FITS:
+            raise InvalidInput.at(
+                ("body",),
+                f"{fits} fits ({len(body.designs)} designs x {len(sizes)} sizes x models): "
+                f"at most {MAX_BACKTEST_FITS} per request; ask for fewer sizes or models",
+            )
+        if body.reference_model not in regressor_names():
+            raise InvalidInput.at(
+                ("body", "reference_model"),
+                f"unknown regressor {body.reference_model!r}; known: "
+                f"{', '.join(regressor_names())}",
+            )
+        result = run_backtest(
+            space,
+            np.array([obs.weights for _, obs in usable]),
+            np.array([obs.objective for _, obs in usable], dtype=float),
+            [run_id for run_id, _ in usable],
+            models=models,
+            sizes=sizes,
+            designs=body.designs,
+            reference_model=body.reference_model,
+            direction=experiment.objective.get("direction", "minimize"),
+            seed=config.seed or 0,
+        )
+        return schemas.BacktestReport.model_validate(
+            {**result.to_dict(), "experiment_id": experiment.id}
+        )
 
     def predict(self, experiment_id: str, body: schemas.PredictRequest) -> list[schemas.Predicted]:
         experiment = self._offline(experiment_id)

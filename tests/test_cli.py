@@ -456,3 +456,50 @@ def test_unreachable_server_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
     )
     assert result.exit_code == 1
     assert "cannot reach http://127.0.0.1:9" in result.stderr
+
+
+# --- backtest (local: no server) -----------------------------------------------------------------
+
+
+def backtest_cli(*args: str) -> Result:
+    return CliRunner().invoke(app, ["backtest", *args], env={"COLUMNS": "240"})
+
+
+def test_backtest_replays_a_swarm_file_with_a_table_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "backtest.json"
+    result = backtest_cli(
+        str(WEIGHTS_FILE),
+        "--metrics-file", str(LOSSES_FILE),
+        "--weight-prefix", "train_the_pile_",
+        "--objective", "metric/the_pile_pile_cc_val_loss",
+        "--model", "linear", "--model", "auto",
+        "--size", "32", "--size", "512",
+        "--json", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "512 usable runs of 512, 17 domains" in result.stdout
+    assert "auto → linear" in result.stdout
+    assert "reference: lightgbm on all 512 runs" in result.stdout
+    report = json.loads(out.read_text())
+    assert [(r["n_runs"], r["requested"]) for r in report["rows"]] == [
+        (32, "linear"), (32, "auto"), (512, "linear"), (512, "auto"),
+    ]  # fmt: skip
+    assert report["rows"][0]["heldout_spearman"] > 0.7
+
+
+def test_backtest_errors_are_clear(tmp_path: Path) -> None:
+    common = [str(WEIGHTS_FILE), "--metrics-file", str(LOSSES_FILE)]
+    several = backtest_cli(*common, "--weight-prefix", "train_the_pile_")
+    assert several.exit_code == 2
+    assert "pass --objective" in several.output and "the_pile_pile_cc_val_loss" in several.output
+    unknown = backtest_cli(
+        *common,
+        "--weight-prefix", "train_the_pile_",
+        "--objective", "metric/the_pile_pile_cc_val_loss",
+        "--model", "forest",
+    )  # fmt: skip
+    assert unknown.exit_code == 2
+    assert "unknown models 'forest'" in unknown.output
+    no_weights = backtest_cli(*common)
+    assert no_weights.exit_code == 2
+    assert "pass --weight-prefix" in no_weights.output

@@ -136,3 +136,55 @@ def test_bad_fit_and_predict_bodies_are_422(client: TestClient, regmix_experimen
     )
     assert bad.status_code == 422
     assert bad.json()["errors"][0]["loc"][:4] == ["body", "mixtures", 0, "weights"]
+
+
+# --- backtest ------------------------------------------------------------------------------------
+
+
+def test_backtest_replays_the_stored_runs(client: TestClient, regmix_experiment: str) -> None:
+    response = client.post(
+        f"{API}/experiments/{regmix_experiment}/backtest",
+        json={"models": ["linear", "auto"], "sizes": [64, 512], "designs": ["stored", "random"]},
+    )
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["experiment_id"] == regmix_experiment
+    assert report["n_runs"] == 512 and report["sizes"] == [64, 512]
+    assert report["direction"] == "minimize"
+    assert len(report["rows"]) == 2 * 2 * 2
+    for row in report["rows"]:
+        assert set(row["weights"]) == {d for d in read_swarm("test")[0][0]}
+        assert row["model"] == "linear"  # auto among linear alone
+    full = [r for r in report["rows"] if r["n_runs"] == 512]
+    assert all(r["heldout_spearman"] is None for r in full)
+    partial = [r for r in report["rows"] if r["n_runs"] == 64]
+    assert all(r["heldout_spearman"] > 0.7 for r in partial)
+    # Nothing is stored: still no fit.
+    assert client.get(f"{API}/experiments/{regmix_experiment}/fits").json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"models": ["forest"]}, ["body", "models"]),
+        ({"designs": ["nope"]}, ["body", "designs"]),
+        ({"sizes": [4]}, ["body", "sizes"]),
+        ({"sizes": [9999]}, ["body", "sizes"]),
+        ({"reference_model": "auto"}, ["body", "reference_model"]),
+        ({"sizes": list(range(8, 24)), "designs": ["stored", "random", "regmix"]}, ["body"]),
+        ({"models": "linear"}, ["body", "models"]),
+        ({"extra": 1}, ["body", "extra"]),
+    ],
+)
+def test_bad_backtest_requests_are_422_naming_the_field(
+    client: TestClient, regmix_experiment: str, body: dict[str, Any], loc: list[str]
+) -> None:
+    response = client.post(f"{API}/experiments/{regmix_experiment}/backtest", json=body)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert [e["loc"] for e in response.json()["errors"]][0] == loc
+
+
+def test_backtest_needs_eight_usable_runs(client: TestClient, experiment: dict[str, Any]) -> None:
+    response = client.post(f"{API}/experiments/{experiment['id']}/backtest", json={})
+    assert response.status_code == 409

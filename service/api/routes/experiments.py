@@ -178,6 +178,15 @@ def fit(
     return ops.fit(experiment_id, body or schemas.FitRequest())
 
 
+@router.post("/experiments/{experiment_id}/backtest", dependencies=[WriteDep])
+def backtest(
+    experiment_id: str, ops: OpsDep, body: schemas.BacktestRequest | None = None
+) -> schemas.BacktestReport:
+    """Replay the usable runs: what each regressor and design would have recommended with 32,
+    64, ... runs. Stores nothing. Minutes for a large swarm: in the thread pool, like a fit."""
+    return ops.backtest(experiment_id, body or schemas.BacktestRequest())
+
+
 @router.get("/experiments/{experiment_id}/fits", dependencies=[ReadDep])
 def list_fits(
     experiment_id: str, store: StoreDep, limit: Limit = 100, cursor: Cursor = None

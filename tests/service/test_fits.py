@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from scipy import stats
 
+from mixers.regressors import regressor_names
 from service.store import NewRun, SqlStore
 from tests.regmix_data import load_regmix
 
@@ -95,17 +96,30 @@ def test_linear_fit_on_regmix_reports_cv_and_predicts_held_out_runs(
     assert client.get(f"{API}/fits/{report['id']}").json()["cv"] == report["cv"]
 
 
-def test_auto_picks_the_best_cross_validated_model(
+def test_auto_picks_the_best_cross_validated_model_and_ranks_held_out_runs(
     client: TestClient, regmix_experiment: str
 ) -> None:
+    """The issue's bar through the API: fitted on the 512 train runs, the 256 held-out runs'
+    Pile-CC loss is ranked with Spearman >= 0.98 (the paper: 0.99), intervals cover 70-90 %."""
     report = client.post(f"{API}/experiments/{regmix_experiment}/fit").json()
     assert report["requested"] == "auto"
     scores = {c["model"]: c["spearman"] for c in report["candidates"]}
-    assert set(scores) == {"linear", "lightgbm"}
-    assert report["model"] == max(scores, key=scores.__getitem__) == "lightgbm"
+    assert set(scores) == set(regressor_names())
+    ranked = {m: s for m, s in scores.items() if s is not None}
+    assert report["model"] == max(ranked, key=ranked.__getitem__)
     assert report["cv"]["spearman"] >= 0.97  # trees capture what the linear model cannot
     search = client.get(f"{API}/experiments/{regmix_experiment}/recommendation").json()["search"]
     assert search["seconds"] < 10  # the search is bounded in time, whatever the model
+
+    test = read_swarm("test")
+    predicted = client.post(
+        f"{API}/experiments/{regmix_experiment}/predict",
+        json={"mixtures": [{"weights": w} for w, _ in test]},
+    ).json()["items"]
+    losses = [loss for _, loss in test]
+    assert stats.spearmanr([p["value"] for p in predicted], losses).statistic >= 0.98
+    covered = sum(p["low"] <= loss <= p["high"] for p, loss in zip(predicted, losses, strict=True))
+    assert 0.7 <= covered / len(test) <= 0.9
 
 
 def test_fit_needs_eight_usable_runs(client: TestClient, experiment: dict[str, Any]) -> None:
@@ -153,7 +167,7 @@ def test_backtest_replays_the_stored_runs(client: TestClient, regmix_experiment:
     assert report["direction"] == "minimize"
     assert len(report["rows"]) == 2 * 2 * 2
     for row in report["rows"]:
-        assert set(row["weights"]) == {d for d in read_swarm("test")[0][0]}
+        assert set(row["weights"]) == set(read_swarm("test")[0][0])
         assert row["model"] == "linear"  # auto among linear alone
     full = [r for r in report["rows"] if r["n_runs"] == 512]
     assert all(r["heldout_spearman"] is None for r in full)
@@ -182,7 +196,7 @@ def test_bad_backtest_requests_are_422_naming_the_field(
     response = client.post(f"{API}/experiments/{regmix_experiment}/backtest", json=body)
     assert response.status_code == 422, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
-    assert [e["loc"] for e in response.json()["errors"]][0] == loc
+    assert next(e["loc"] for e in response.json()["errors"]) == loc
 
 
 def test_backtest_needs_eight_usable_runs(client: TestClient, experiment: dict[str, Any]) -> None:

@@ -106,9 +106,9 @@ def mixopt(seed: int) -> dict[str, Any]:
 
 def child(procedure: str, candidates: int, seed: int) -> dict[str, Any]:
     """Run one procedure in a fresh interpreter and return its JSON result."""
+    args = ["--child", procedure, "--candidates", str(candidates), "--seed", str(seed)]
     out = subprocess.run(
-        [sys.executable, __file__, "--child", procedure, "--candidates", str(candidates)]
-        + ["--seed", str(seed)],
+        [sys.executable, __file__, *args],
         capture_output=True,
         text=True,
         check=True,

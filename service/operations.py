@@ -308,9 +308,7 @@ class Operations:
             )
         return usable
 
-    def backtest(
-        self, experiment_id: str, body: schemas.BacktestRequest
-    ) -> schemas.BacktestReport:
+    def backtest(self, experiment_id: str, body: schemas.BacktestRequest) -> schemas.BacktestReport:
         """Replay the experiment's usable runs (``mixers.backtest``); CPU-bound, stores nothing."""
         experiment = self._offline(experiment_id)
         _, config = _mixer(experiment)

@@ -121,7 +121,7 @@ def regmix() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def regmix_auto(regmix: dict[str, Any]) -> Any:
-    """``fit_model(model="auto")`` on the 512 train runs (5-fold CV of both models + refit)."""
+    """``fit_model(model="auto")`` on the 512 train runs (5-fold CV of every regressor + refit)."""
     return fit_model(regmix["X"], regmix["y"], regmix["ids"], names=regmix["names"], seed=0)
 
 
@@ -139,13 +139,15 @@ def test_regmix_held_out_ranking(regmix):
     assert seconds < 10.0  # ~0.5 s on one thread; generous for loaded CI machines
 
 
-def test_regmix_auto_picks_lightgbm(regmix, regmix_auto):
+def test_regmix_auto_picks_a_flexible_model(regmix, regmix_auto):
+    """Trees and the Gaussian process tie on RegMix (CV Spearman 0.983 both): either may win,
+    never a parametric or linear form."""
     result = regmix_auto
-    assert result.model == "lightgbm" and result.requested == "auto"
+    assert result.model in {"lightgbm", "gp"} and result.requested == "auto"
     by_name = {c["model"]: c["spearman"] for c in result.candidates}
-    assert set(by_name) == {"linear", "lightgbm"}
+    assert set(by_name) == set(regressor_names())
     assert by_name["lightgbm"] > by_name["linear"]
-    assert result.cv["spearman"] == pytest.approx(by_name["lightgbm"])
+    assert result.cv["spearman"] == pytest.approx(max(by_name.values()))
     assert result.cv["spearman"] >= 0.97  # 5-fold CV on 512 runs: ~0.983
 
     # On held-out mixtures, auto is within 0.02 of the best single regressor.

@@ -26,7 +26,10 @@ SHARE = 1e-3  # the tiny-domain guarantee: a share of at least this in some prop
 
 
 GENERIC_WEIGHTS = {"web": 0.5, "code": 0.25, "books": 0.15, "math": 0.07, "wiki": 0.03}
-EXAMPLE_CONFIGS: dict[str, dict[str, Any]] = {"fixed": {"weights": GENERIC_WEIGHTS}}
+EXAMPLE_CONFIGS: dict[str, dict[str, Any]] = {
+    "fixed": {"weights": GENERIC_WEIGHTS},
+    "quadmix": {"quality_scores": ["s1"]},
+}
 """Methods whose config has required keys; every other method must accept ``{}``."""
 
 

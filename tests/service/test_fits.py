@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from scipy import stats
@@ -202,3 +203,74 @@ def test_bad_backtest_requests_are_422_naming_the_field(
 def test_backtest_needs_eight_usable_runs(client: TestClient, experiment: dict[str, Any]) -> None:
     response = client.post(f"{API}/experiments/{experiment['id']}/backtest", json={})
     assert response.status_code == 409
+
+
+# --- quadmix: weights and sampling parameters fitted together ------------------------------------
+
+
+def quadmix_loss(weights: dict[str, float], params: dict[str, Any]) -> float:
+    """A made-up objective of both: the mixture near (0.5, 0.3, 0.2), thresholds near 0.05."""
+    target = {"web": 0.5, "code": 0.3, "papers": 0.2}
+    mix = sum((weights[d] - t) ** 2 for d, t in target.items())
+    quality = sum((params["threshold"][d] - 0.05) ** 2 for d in target)
+    return 3.0 + mix + 50 * quality
+
+
+def test_quadmix_fit_recommends_weights_and_params(client: TestClient) -> None:
+    experiment = client.post(
+        f"{API}/experiments",
+        json={
+            "name": "quadmix-1",
+            "method": "quadmix",
+            "domains": [{"name": d} for d in ("web", "code", "papers")],
+            "objective": {"metrics": {"loss": 1.0}},
+            "config": {"seed": 5, "quality_scores": ["edu", "fluency"]},
+        },
+    )
+    assert experiment.status_code == 201, experiment.text
+    eid = experiment.json()["id"]
+    proposed = client.post(f"{API}/experiments/{eid}/proposals", json={"count": 48}).json()["items"]
+    assert all(
+        set(run["params"]) == {"merge", "threshold", "steepness", "exponent"} for run in proposed
+    )
+    for i, run in enumerate(proposed):
+        imported = client.post(
+            f"{API}/experiments/{eid}/runs",
+            json={
+                "weights": run["weights"],
+                "params": run["params"],
+                "metrics": {"loss": quadmix_loss(run["weights"], run["params"])},
+                "external_id": f"trained-{i}",
+            },
+        )
+        assert imported.status_code == 201, imported.text
+
+    fit = client.post(f"{API}/experiments/{eid}/fit", json={"model": "lightgbm"})
+    assert fit.status_code == 200, fit.text
+    importance = fit.json()["importance"]
+    assert {"weight:web", "threshold:web", "merge:web:edu", "exponent:papers"} <= set(importance)
+    assert sum(importance.values()) == pytest.approx(1.0)
+    rec = client.get(f"{API}/experiments/{eid}/recommendation").json()
+    assert set(rec["params"]) == {"merge", "threshold", "steepness", "exponent"}
+    assert set(rec["params"]["merge"]["web"]) == {"edu", "fluency"}
+    assert sum(rec["weights"].values()) == pytest.approx(1.0)
+    observed = [quadmix_loss(r["weights"], r["params"]) for r in proposed]
+    assert quadmix_loss(rec["weights"], rec["params"]) < float(np.median(observed))
+
+    predicted = client.post(
+        f"{API}/experiments/{eid}/predict",
+        json={"mixtures": [{"weights": rec["weights"], "params": rec["params"]}]},
+    )
+    assert predicted.status_code == 200, predicted.text
+    no_params = client.post(
+        f"{API}/experiments/{eid}/predict", json={"mixtures": [{"weights": rec["weights"]}]}
+    )
+    assert no_params.status_code == 422
+    assert no_params.json()["errors"][0]["loc"][:4] == ["body", "mixtures", 0, "params"]
+    bad_import = client.post(
+        f"{API}/experiments/{eid}/runs",
+        json={"weights": rec["weights"], "params": {"threshold": {"web": "high"}}},
+    )
+    assert bad_import.status_code == 422
+    assert bad_import.json()["errors"][0]["loc"][:2] == ["body", "params"]
+    assert client.post(f"{API}/experiments/{eid}/backtest", json={}).status_code == 409

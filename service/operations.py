@@ -106,6 +106,18 @@ class Operations:
             raise InvalidInput.at(
                 ("objective",), "offline experiments need an objective: the metrics to optimise"
             )
+        if "direction" in type(config).model_fields:
+            # Methods that fit the history (rounds, bayes) optimise in the objective's direction:
+            # taken from it, or checked against it when the config names one.
+            wanted = objective.get("direction", "minimize")
+            if "direction" not in body.config:
+                config.direction = wanted  # type: ignore[attr-defined]
+            elif config.direction != wanted:  # type: ignore[attr-defined]
+                raise InvalidInput.at(
+                    ("config", "direction"),
+                    f"config.direction {config.direction!r} contradicts the objective's "  # type: ignore[attr-defined]
+                    f"direction {wanted!r}; leave it out to follow the objective",
+                )
         domains = [
             {
                 "name": name,

@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from mixers.base import DomainSpace, FloatArray, MethodConfig, Observation, OfflineMixer, Proposal
 from mixers.registry import register
 
-__all__ = ["RegMixConfig", "RegMixMixer", "dirichlet_design"]
+__all__ = ["RegMixConfig", "RegMixMixer", "dirichlet_design", "distinct_rows"]
 
 
 class RegMixConfig(MethodConfig):
@@ -45,7 +45,7 @@ class RegMixConfig(MethodConfig):
         return self
 
 
-def _distinct(rows: FloatArray, existing: FloatArray, tol: float = 1e-5) -> FloatArray:
+def distinct_rows(rows: FloatArray, existing: FloatArray, tol: float = 1e-5) -> FloatArray:
     """Rows not within L1 distance ``tol`` of each other or of ``existing``, in order.
 
     Two rows that close also lie within ``tol`` along any direction ``u`` with all |u_i| <= 1
@@ -109,7 +109,7 @@ def dirichlet_design(
         samples /= samples.sum(axis=1, keepdims=True)
         samples = space.project(samples)
         samples = samples[space.contains(samples)]
-        fresh = _distinct(samples, np.vstack([existing, chosen]))
+        fresh = distinct_rows(samples, np.vstack([existing, chosen]))
         need = count - len(chosen)
         if len(fresh) > need:
             fresh = fresh[rng.choice(len(fresh), size=need, replace=False)]
@@ -144,7 +144,9 @@ def _fill_by_mixing(
         mix = rng.random((4 * need, 1))
         candidates = space.project(mix * pool[pairs[:, 0]] + (1 - mix) * pool[pairs[:, 1]])
         candidates = candidates[space.contains(candidates)]
-        chosen = np.vstack([chosen, _distinct(candidates, np.vstack([existing, chosen]))[:need]])
+        chosen = np.vstack(
+            [chosen, distinct_rows(candidates, np.vstack([existing, chosen]))[:need]]
+        )
     return chosen
 
 

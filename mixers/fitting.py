@@ -45,6 +45,7 @@ __all__ = [
     "fit_model",
     "predict",
     "recommend",
+    "swarm_samples",
 ]
 
 log = logging.getLogger(__name__)
@@ -346,7 +347,7 @@ def predict(result: FitResult, X: FloatArray) -> tuple[FloatArray, FloatArray, F
 # --- search --------------------------------------------------------------------------------------
 
 
-def _sample(space: DomainSpace, count: int, rng: np.random.Generator) -> FloatArray:
+def swarm_samples(space: DomainSpace, count: int, rng: np.random.Generator) -> FloatArray:
     """``count`` candidates: swarm-like Dirichlet samples projected into the bounds."""
     centre = space.prior**_TEMPERATURE
     centre = centre / centre.sum()
@@ -528,7 +529,7 @@ def recommend(
     global_share = _GLOBAL_SHARE if refine else 1.0
     while drawn < math.ceil(candidates * global_share):
         size = min(_CHUNK, math.ceil(candidates * global_share) - drawn)
-        w = _sample(search_space, size, rng)
+        w = swarm_samples(search_space, size, rng)
         pool.add(w, score(w))
         drawn += size
         if max_seconds is not None and drawn == size:

@@ -50,6 +50,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.stats import rankdata
 
 from mixers.base import SUM_TOLERANCE, DomainSpace, FloatArray
+from mixers.fitting import swarm_samples
 from mixopt.errors import ErrorItem, InvalidInput
 
 __all__ = [
@@ -653,27 +654,7 @@ class JointRecommendation:
         }
 
 
-# The weight candidates: the proxy-swarm distribution of RegMix's design (Dirichlet centred on
-# prior**0.5, concentration scales log-spaced in [0.1, 5]), as in ``mixers.fitting``.
-_TEMPERATURE = 0.5
-_STRENGTHS = np.logspace(np.log10(0.1), np.log10(5.0), 15)
 _CHUNK = 8192
-
-
-def _candidate_weights(space: DomainSpace, count: int, rng: np.random.Generator) -> FloatArray:
-    centre = space.prior**_TEMPERATURE
-    centre = centre / centre.sum()
-    scales = rng.choice(_STRENGTHS, size=count)
-    gammas = rng.standard_gamma(np.maximum(centre[None, :] * scales[:, None], 1e-3))
-    totals = gammas.sum(axis=1, keepdims=True)
-    empty = totals[:, 0] <= 0
-    gammas[empty] = centre
-    totals[empty] = 1.0
-    w: FloatArray = np.asarray(gammas / totals, dtype=float)
-    outside = ~space.contains(w, tol=1e-12)
-    if outside.any():
-        w[outside] = space.project(w[outside])
-    return w
 
 
 def recommend_joint(
@@ -714,7 +695,7 @@ def recommend_joint(
     while drawn < candidates:
         size = min(_CHUNK, candidates - drawn)
         drawn += size
-        w = _candidate_weights(space, size, rng) if fixed is None else np.tile(fixed, (size, 1))
+        w = swarm_samples(space, size, rng) if fixed is None else np.tile(fixed, (size, 1))
         merge, scalars = _sample_arrays(space.k, len(scores), size, rng, ranges)
         x = np.hstack([w, merge.reshape(size, -1), scalars.reshape(size, -1)])
         s = sign * np.asarray(estimator_predict(x), dtype=float).ravel()

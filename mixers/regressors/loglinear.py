@@ -42,6 +42,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from mixers.regressors.mixing_law import (
+    check_law_params,
     column_scales,
     exponential_law,
     fit_exponential,
@@ -114,14 +115,7 @@ class LogLinearRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         delta = self.huber_delta
         if delta is not None and not (math.isfinite(float(delta)) and float(delta) > 0):
             raise ValueError(f"huber_delta must be None or a finite number > 0, got {delta}")
-        if not (math.isfinite(float(self.alpha)) and float(self.alpha) >= 0):
-            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha}")
-        if not (math.isfinite(float(self.t_bound)) and float(self.t_bound) > 0):
-            raise ValueError(f"t_bound must be a finite number > 0, got {self.t_bound}")
-        if int(self.n_starts) < 1:
-            raise ValueError(f"n_starts must be >= 1, got {self.n_starts}")
-        if int(self.max_nfev) < 1:
-            raise ValueError(f"max_nfev must be >= 1, got {self.max_nfev}")
+        check_law_params(self)
 
     def fit(self, X: Any, y: Any) -> LogLinearRegressor:
         X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)

@@ -113,6 +113,20 @@ def one_blas_thread() -> Iterator[None]:
         _ONE_BLAS_THREAD.leave()
 
 
+def check_law_params(estimator: Any) -> None:
+    """The settings the two exponential laws share: ``alpha``, ``t_bound``, ``n_starts`` and
+    ``max_nfev``; ``ValueError`` naming the first bad one."""
+    alpha, t_bound = float(estimator.alpha), float(estimator.t_bound)
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha must be a finite number >= 0, got {estimator.alpha}")
+    if not (math.isfinite(t_bound) and t_bound > 0):
+        raise ValueError(f"t_bound must be a finite number > 0, got {estimator.t_bound}")
+    if int(estimator.n_starts) < 1:
+        raise ValueError(f"n_starts must be >= 1, got {estimator.n_starts}")
+    if int(estimator.max_nfev) < 1:
+        raise ValueError(f"max_nfev must be >= 1, got {estimator.max_nfev}")
+
+
 def column_scales(X: FloatArray) -> FloatArray:
     """``max(1, max |x_j|)`` per column: 1 for mixture weights, taming arbitrary large ``X``."""
     if X.shape[0] == 0:
@@ -325,19 +339,9 @@ class MixingLawRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         self.max_nfev = max_nfev
         self.random_state = random_state
 
-    def _check_params(self) -> None:
-        if not (math.isfinite(float(self.alpha)) and float(self.alpha) >= 0):
-            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha}")
-        if not (math.isfinite(float(self.t_bound)) and float(self.t_bound) > 0):
-            raise ValueError(f"t_bound must be a finite number > 0, got {self.t_bound}")
-        if int(self.n_starts) < 1:
-            raise ValueError(f"n_starts must be >= 1, got {self.n_starts}")
-        if int(self.max_nfev) < 1:
-            raise ValueError(f"max_nfev must be >= 1, got {self.max_nfev}")
-
     def fit(self, X: Any, y: Any) -> MixingLawRegressor:
         X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
-        self._check_params()
+        check_law_params(self)
         with one_blas_thread():
             self._fit(X, y)
         return self

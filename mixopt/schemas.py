@@ -220,6 +220,21 @@ class MethodInfo(_Reply):
     config_schema: dict[str, Any]
 
 
+class ModelInfo(_Reply):
+    """A regressor ``POST /fit`` accepts as ``model``, with its settings (defaults)."""
+
+    name: str
+    description: str
+    defaults: dict[str, Any] = Field(default_factory=dict)
+
+
+class MethodList(_Reply):
+    items: list[MethodInfo]
+    models: list[ModelInfo] = Field(
+        default_factory=list, description="the fit's models: auto and every regressor"
+    )
+
+
 # --- runs --------------------------------------------------------------------------------------
 
 

@@ -565,11 +565,17 @@ def check_unknown_method_is_422(client: TestClient) -> None:
     for mode, method in (("offline", "nope"), ("offline", "odm-typo"), ("online", "regmix")):
         body = experiment_body(mode=mode, method=method)
         problem(client.post(f"{API}/experiments", json=body), 422, loc=["body", "method"])
-    methods = expect(client.get(f"{API}/methods"), 200)["items"]
+    listing = expect(client.get(f"{API}/methods"), 200)
+    methods = listing["items"]
     names = {(m["mode"], m["name"]) for m in methods}
-    assert ("offline", "regmix") in names
+    assert {("offline", n) for n in ("regmix", "rounds", "bayes", "quadmix")} <= names
     for method in methods:
         assert set(method) >= {"name", "mode", "description", "config_schema"}
+    # The fit's models are documented beside the methods, with their defaults.
+    models = {m["name"]: m for m in listing["models"]}
+    assert set(models) == {"auto", "linear", "lightgbm", "mixing_law", "loglinear", "gp"}
+    assert models["lightgbm"]["defaults"]["n_estimators"] == 1000
+    assert all(m["description"] for m in models.values())
 
 
 def check_fixed_weights_are_a_mixture(client: TestClient) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from mixers import methods
+from mixers.regressors import make_regressor, regressor_names
 from mixopt import schemas
 from service.api.deps import AdminDep, AuthenticatedRoute, OpsDep, ReadDep, StoreDep, WriteDep
 from service.convert import experiment_out, fit_out, run_out
@@ -21,10 +23,27 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
 
 
+def _model_info(name: str) -> schemas.ModelInfo:
+    estimator = make_regressor(name, 0)
+    doc = inspect.getdoc(type(estimator)) or ""
+    defaults = {
+        key: value
+        for key, value in estimator.get_params(deep=False).items()
+        if isinstance(value, str | int | float | bool | None) and key != "random_state"
+    }
+    return schemas.ModelInfo(name=name, description=doc.split("\n\n")[0], defaults=defaults)
+
+
 @router.get("/methods", dependencies=[ReadDep])
-def list_methods() -> dict[str, list[schemas.MethodInfo]]:
-    return {
-        "items": [
+def list_methods() -> schemas.MethodList:
+    """The experiment methods (with their config's JSON Schema) and the fit's models."""
+    auto = schemas.ModelInfo(
+        name="auto",
+        description="Cross-validates every regressor below and fits the one with the best "
+        "K-fold Spearman; the fit reports each one's score.",
+    )
+    return schemas.MethodList(
+        items=[
             schemas.MethodInfo(
                 name=m.name,
                 mode=m.mode,
@@ -32,8 +51,9 @@ def list_methods() -> dict[str, list[schemas.MethodInfo]]:
                 config_schema=m.Config.model_json_schema(),
             )
             for m in methods()
-        ]
-    }
+        ],
+        models=[auto, *(_model_info(name) for name in regressor_names())],
+    )
 
 
 @router.post("/experiments", status_code=status.HTTP_201_CREATED, dependencies=[AdminDep])

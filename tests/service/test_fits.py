@@ -97,6 +97,7 @@ def test_linear_fit_on_regmix_reports_cv_and_predicts_held_out_runs(
     assert client.get(f"{API}/fits/{report['id']}").json()["cv"] == report["cv"]
 
 
+@pytest.mark.slow  # auto cross-validates five regressors on 512 runs: ~8 s per backend
 def test_auto_picks_the_best_cross_validated_model_and_ranks_held_out_runs(
     client: TestClient, regmix_experiment: str
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request, Response
+from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
@@ -41,16 +41,16 @@ async def get_ops(request: Request) -> Operations:
 def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits tokens of ``scope`` or a wider one."""
 
-    async def check(
-        request: Request,
-        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    ) -> Principal:
+    async def check(request: Request) -> Principal:
         # AuthenticatedRoute has already checked the widest scope the route requires.
         principal: Principal | None = getattr(request.state, "principal", None)
         if principal is not None:
             return principal
         auth: Authenticator = request.app.state.auth
-        return await run_in_threadpool(auth.authenticate, authorization, scope)
+        # Read from the request, not declared as a Header parameter: the security scheme
+        # documents it, and FastAPI's header alias makes pydantic warn on every start.
+        header = request.headers.get("authorization")
+        return await run_in_threadpool(auth.authenticate, header, scope)
 
     check.__name__ = f"require_{scope}"
     check.required_scope = scope  # type: ignore[attr-defined]

@@ -48,9 +48,7 @@ def regmix_space() -> tuple[DomainSpace, np.ndarray, np.ndarray, list[str], list
     X, y, names, ids = load_regmix("train")
     # The Pile token prior is hard-coded in RegMix's code for its own swarm; the swarm's mean
     # mixture stands in for it here (the swarm was drawn around it).
-    space = DomainSpace.from_domains(
-        [{"name": n, "prior": float(p)} for n, p in zip(names, X.mean(axis=0), strict=True)]
-    )
+    space = DomainSpace.from_swarm(names, X)
     return space, X, y, names, ids
 
 

@@ -174,6 +174,16 @@ class DomainSpace:
             )
         return cls(names, prior, tokens, lower, upper, declared)
 
+    @classmethod
+    def from_swarm(cls, names: Sequence[str], weights: FloatArray) -> DomainSpace:
+        """Unbounded domains whose prior is a swarm's mean mixture (rows of ``weights``): the
+        centre a swarm was drawn around, when its token prior is not at hand. A domain no run
+        gave weight keeps a tiny prior, so the space still builds."""
+        mean = np.asarray(weights, dtype=float).reshape(-1, len(names)).mean(axis=0)
+        return cls.from_domains(
+            [{"name": n, "prior": float(max(p, 1e-12))} for n, p in zip(names, mean, strict=True)]
+        )
+
     @property
     def k(self) -> int:
         return len(self.names)

@@ -1108,12 +1108,7 @@ def backtest(
         raise _fail("no usable runs")
     weights = np.array([[row.weights[d] for d in domains] for row in rows])
     y = np.array([row.metrics[objective] for row in rows], dtype=float)
-    space = DomainSpace.from_domains(
-        [
-            {"name": d, "prior": float(max(p, 1e-12))}
-            for d, p in zip(domains, weights.mean(axis=0), strict=True)
-        ]
-    )
+    space = DomainSpace.from_swarm(domains, weights)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -111,9 +111,7 @@ def test_regmix_swarm_backtest_improves_with_more_runs():
     if not DATA.is_dir():
         pytest.skip(f"RegMix data not found at {DATA}")
     X, y, names, ids = load_regmix("train")
-    space = DomainSpace.from_domains(
-        [{"name": n, "prior": float(p)} for n, p in zip(names, X.mean(axis=0), strict=True)]
-    )
+    space = DomainSpace.from_swarm(names, X)
     result = backtest(space, X, y, ids, models=["lightgbm"], sizes=[32, 256])
     small, large = result.rows
     assert large.heldout_spearman is not None and small.heldout_spearman is not None

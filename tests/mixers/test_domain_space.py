@@ -441,3 +441,12 @@ def test_project_falls_back_to_the_euclidean_projection() -> None:
     np.testing.assert_allclose(space.project(np.array([1.0, 0.0, 0.0]))[0], [0.5, 0.25, 0.25])
     np.testing.assert_allclose(space.project(np.array([1e300, 0.0, 0.0]))[0], [0.5, 0.25, 0.25])
     np.testing.assert_allclose(space.project(np.zeros(3))[0], [1 / 3, 1 / 3, 1 / 3])
+
+
+def test_from_swarm_centres_the_prior_on_the_mean_mixture():
+    weights = np.array([[0.5, 0.5, 0.0], [0.7, 0.3, 0.0]])
+    space = DomainSpace.from_swarm(["a", "b", "c"], weights)
+    assert space.names == ("a", "b", "c")
+    np.testing.assert_allclose(space.prior, [0.6, 0.4, 0.0], atol=1e-11)
+    assert space.prior[2] > 0  # a domain no run gave weight still has a prior
+    assert space.contains(np.array([[0.0, 0.0, 1.0]])).all()  # and no bounds

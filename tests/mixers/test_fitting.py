@@ -144,20 +144,10 @@ def test_regmix_importance(regmix):
     assert importance["github"] > importance["enron_emails"]
 
 
-def regmix_space(regmix: dict[str, Any]) -> DomainSpace:
-    """The RegMix domains with the swarm's mean mixture as the prior (the swarm's centre)."""
-    return DomainSpace.from_domains(
-        [
-            {"name": n, "prior": float(p)}
-            for n, p in zip(regmix["names"], regmix["X"].mean(axis=0), strict=True)
-        ]
-    )
-
-
 def test_regmix_recommendation(regmix):
     """RegMix's procedure on the real runs: Pile-CC dominates the recommended mixture."""
     X: FloatArray = regmix["X"]
-    space = regmix_space(regmix)
+    space = DomainSpace.from_swarm(regmix["names"], regmix["X"])
     rec = recommend(space, regmix["result"], np.random.default_rng(0))
     w = assert_mixture(space, rec["weights"])
     assert rec["weights"]["pile_cc"] > 0.6  # RegMix's own search: 0.87-0.89
@@ -414,7 +404,7 @@ def test_search_of_100k_candidates_is_fast(synthetic):
 def test_refining_around_the_best_beats_sampling_alone(regmix):
     """The same number of scored candidates, spent half on refinement, finds a mixture the
     model predicts better: the point of the coarse-to-fine search."""
-    space = regmix_space(regmix)
+    space = DomainSpace.from_swarm(regmix["names"], regmix["X"])
     result = regmix["result"]
     values = {
         refine: recommend(space, result, np.random.default_rng(0), candidates=20_000, refine=refine)

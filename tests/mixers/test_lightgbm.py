@@ -175,12 +175,7 @@ def test_regmix_interval_coverage(regmix, regmix_auto):
 def test_regmix_recommendation_with_lightgbm(regmix, regmix_auto):
     """100k candidates through a 1000-tree model: ~8 s (prediction dominates)."""
     X: FloatArray = regmix["X"]
-    space = DomainSpace.from_domains(
-        [
-            {"name": n, "prior": float(p)}
-            for n, p in zip(regmix["names"], X.mean(axis=0), strict=True)
-        ]
-    )
+    space = DomainSpace.from_swarm(regmix["names"], X)
     rec = recommend(space, regmix_auto, np.random.default_rng(0))
     assert rec["model"] == "lightgbm"
     assert rec["search"]["candidates"] == 100_000

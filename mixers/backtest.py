@@ -179,13 +179,15 @@ def backtest(
     direction: Direction = "minimize",
     seed: int = 0,
     search_candidates: int = 10_000,
+    max_fits: int | None = None,
     progress: Progress | None = None,
 ) -> Backtest:
     """Replay the swarm ``(X, y)`` (rows in creation order) for each design, size and model.
 
     ``models``: regressor names and/or ``auto`` (default: every registered regressor and
     ``auto``). ``sizes``: runs seen (default 32, 64, ... and N). Invalid choices raise
-    ``InvalidInput`` located at ``("body", "models" | "sizes" | "designs")``.
+    ``InvalidInput`` located at ``("body", "models" | "sizes" | "designs" |
+    "reference_model")``, and more than ``max_fits`` fits at ``("body",)``.
 
     Each search scores a fixed ``search_candidates`` (no time budget, unlike ``POST /fit``), so a
     backtest is reproducible and rows differ by what they saw, not by how busy the machine was.
@@ -207,8 +209,15 @@ def backtest(
             f"sizes must lie between {MIN_RUNS} and the {n} usable runs; got "
             f"{', '.join(map(str, bad)) or 'none'}",
         )
+    _check_choice([reference_model], known, "reference_model")
     fitted_models = [m for m in models if m != "auto"] or list(known)
     total = backtest_steps(designs, sizes, models)
+    if max_fits is not None and total > max_fits:
+        raise InvalidInput.at(
+            ("body",),
+            f"{total} fits ({len(designs)} designs x {len(sizes)} sizes x models): at most "
+            f"{max_fits} per request; ask for fewer sizes or models",
+        )
     done = 0
 
     def tick(what: str) -> None:

@@ -20,12 +20,10 @@ from pydantic import ValidationError
 
 from mixers import DomainSpace, Observation, OfflineMixer, fitting, get_method, quadmix
 from mixers.backtest import backtest as run_backtest
-from mixers.backtest import backtest_steps, default_sizes
 from mixers.base import MethodConfig, Mixer
 from mixers.offline.quadmix import QuadMixConfig
 from mixers.online import Feedback, OnlineMixer
 from mixers.quadmix import QuadMixParams
-from mixers.regressors import regressor_names
 from mixopt import schemas
 from mixopt.errors import Conflict, ErrorItem, Gone, InvalidInput, NotFound
 from service.convert import fit_out
@@ -351,33 +349,18 @@ class Operations:
             )
         space = space_of(experiment)
         usable = self._usable(experiment, space)
-        n = len(usable)
-        models = body.models or [*regressor_names(), "auto"]
-        sizes = body.sizes or default_sizes(n)
-        fits = backtest_steps(body.designs, sizes, models)
-        if fits > MAX_BACKTEST_FITS:
-            raise InvalidInput.at(
-                ("body",),
-                f"{fits} fits ({len(body.designs)} designs x {len(sizes)} sizes x models): "
-                f"at most {MAX_BACKTEST_FITS} per request; ask for fewer sizes or models",
-            )
-        if body.reference_model not in regressor_names():
-            raise InvalidInput.at(
-                ("body", "reference_model"),
-                f"unknown regressor {body.reference_model!r}; known: "
-                f"{', '.join(regressor_names())}",
-            )
         result = run_backtest(
             space,
             np.array([obs.weights for _, obs in usable]),
             np.array([obs.objective for _, obs in usable], dtype=float),
             [run_id for run_id, _ in usable],
-            models=models,
-            sizes=sizes,
+            models=body.models,
+            sizes=body.sizes,
             designs=body.designs,
             reference_model=body.reference_model,
             direction=experiment.objective.get("direction", "minimize"),
             seed=config.seed or 0,
+            max_fits=MAX_BACKTEST_FITS,
         )
         return schemas.BacktestReport.model_validate(
             {**result.to_dict(), "experiment_id": experiment.id}

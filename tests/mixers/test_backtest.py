@@ -95,6 +95,7 @@ def test_a_method_design_is_answered_by_the_nearest_unused_runs():
         ({"designs": ["nope"]}, "designs"),
         ({"sizes": [4]}, "sizes"),
         ({"sizes": [49]}, "sizes"),
+        ({"reference_model": "auto"}, "reference_model"),
     ],
 )
 def test_bad_choices_name_the_field(kwargs, field):
@@ -102,6 +103,19 @@ def test_bad_choices_name_the_field(kwargs, field):
     with pytest.raises(InvalidInput) as exc:
         backtest(space, X, y, ids, **kwargs)
     assert exc.value.errors[0].loc == ("body", field)
+
+
+def test_a_backtest_over_its_fit_budget_is_refused_before_fitting():
+    space, X, y, ids = swarm()
+    calls: list[int] = []
+    with pytest.raises(InvalidInput) as exc:
+        backtest(
+            space, X, y, ids, models=["linear", "lightgbm"], sizes=[16, 32, 48], max_fits=6,
+            progress=lambda done, total, what: calls.append(done),
+        )  # fmt: skip
+    assert exc.value.errors[0].loc == ("body",)
+    assert "7 fits" in str(exc.value.errors[0].msg)
+    assert calls == []
 
 
 @pytest.mark.slow

@@ -31,10 +31,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from mixers.base import DomainSpace, FloatArray, Observation, OfflineMixer
-from mixers.fitting import MIN_RUNS, Direction, FitResult, fit_model, recommend
+from mixers.fitting import (
+    MIN_RUNS,
+    Direction,
+    FitResult,
+    fit_model,
+    recommend,
+    spearman_or_none,
+)
 from mixers.registry import get_method, methods
 from mixers.regressors import regressor_names
 from mixopt.errors import InvalidInput
@@ -98,16 +104,7 @@ class Backtest:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["rows"] = [asdict(row) for row in self.rows]
-        return out
-
-
-def _spearman(a: FloatArray, b: FloatArray) -> float | None:
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return None
-    value = float(stats.spearmanr(a, b).statistic)
-    return value if math.isfinite(value) else None
+        return asdict(self)  # rows included: asdict recurses
 
 
 def _check_choice(values: Sequence[str], known: Sequence[str], field_name: str) -> None:
@@ -262,9 +259,9 @@ def backtest(
                 )
                 w = space.to_array(rec["weights"])[None]
                 judged = float(reference.estimator.predict(w)[0])
-                held = (
-                    _spearman(y[unseen], np.asarray(result.estimator.predict(X[unseen])))
-                    if len(unseen)
+                held = (  # a rank correlation of fewer than 3 runs says nothing
+                    spearman_or_none(y[unseen], np.asarray(result.estimator.predict(X[unseen])))
+                    if len(unseen) >= 3
                     else None
                 )
                 cell.append(

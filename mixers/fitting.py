@@ -45,6 +45,7 @@ __all__ = [
     "fit_model",
     "predict",
     "recommend",
+    "spearman_or_none",
     "swarm_samples",
 ]
 
@@ -143,16 +144,22 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def spearman_or_none(y: FloatArray, pred: FloatArray) -> float | None:
+    """Spearman's rank correlation, ``None`` where it is undefined (constant input)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: scipy warns and returns nan
+        return _finite_or_none(float(stats.spearmanr(y, pred).statistic))
+
+
 def _scores(y: FloatArray, pred: FloatArray) -> dict[str, float | None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant input: scipy warns and returns nan
-        spearman = float(stats.spearmanr(y, pred).statistic)
         pearson = float(stats.pearsonr(y, pred).statistic)
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     ss_res = float(np.sum((y - pred) ** 2))
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
     return {
-        "spearman": _finite_or_none(spearman),
+        "spearman": spearman_or_none(y, pred),
         "pearson": _finite_or_none(pearson),
         "mae": float(np.mean(np.abs(y - pred))),
         "r2": _finite_or_none(r2),

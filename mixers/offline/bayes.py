@@ -1,4 +1,4 @@
-# ruff: noqa: N803, N806 - X is the conventional name of a design matrix (scikit-learn)
+# ruff: noqa: N803 - X is the conventional name of a design matrix (scikit-learn)
 """``bayes``: batch Bayesian optimisation on the bounded simplex (as ADMIRE-BayesOpt, arXiv
 2508.11551, single fidelity).
 
@@ -24,7 +24,6 @@ GP closes most of the gap (see ``tests/mixers/test_sequential_methods.py``).
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -35,28 +34,23 @@ from scipy.stats import norm
 
 from mixers.base import DomainSpace, FloatArray, MethodConfig, Observation, OfflineMixer, Proposal
 from mixers.fitting import MIN_RUNS
-from mixers.offline.regmix import RegMixConfig, dirichlet_design, distinct_rows
+from mixers.offline.regmix import distinct_rows
 from mixers.offline.rounds import (
     DIRECTION_DESCRIPTION,
-    FIT_ERRORS,
     Direction,
-    can_fit,
     check_model_name,
     fill,
     fit_surrogate,
+    fitted_or_designed,
     gives_std,
     global_samples,
-    history_weights,
     neighbourhood,
     predict_with_std,
-    usable_runs,
 )
 from mixers.registry import register
 from mixers.regressors import make_regressor
 
 __all__ = ["BayesConfig", "BayesMixer", "expected_improvement", "local_penalisation"]
-
-log = logging.getLogger(__name__)
 
 _DISTINCT = 1e-5
 _LOCAL = (30.0, 100.0, 300.0, 1000.0)
@@ -178,17 +172,15 @@ class BayesMixer(OfflineMixer):
     ) -> list[Proposal]:
         cfg = self.config
         assert isinstance(cfg, BayesConfig)
-        existing = history_weights(history, space.k)
-        X, y = usable_runs(history, space.k)
-        rows: FloatArray | None = None
-        if len(history) >= cfg.initial_runs and can_fit(X):
-            try:
-                rows = self._optimise(space, X, y, existing, count, rng)
-            except FIT_ERRORS as exc:
-                log.warning("bayes: fitting failed, falling back to the design: %s", exc)
-        if rows is None:
-            rows = dirichlet_design(space, count, rng, RegMixConfig(), existing)
-        return [Proposal(np.asarray(row, dtype=float)) for row in rows]
+        return fitted_or_designed(
+            self.name,
+            space,
+            history,
+            count,
+            rng,
+            ready=len(history) >= cfg.initial_runs,
+            optimise=lambda X, y, existing: self._optimise(space, X, y, existing, count, rng),
+        )
 
     def _optimise(
         self,

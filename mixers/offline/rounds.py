@@ -327,6 +327,36 @@ class RoundsConfig(MethodConfig):
         return check_model_name(value)
 
 
+Optimiser = Callable[[FloatArray, FloatArray, FloatArray], FloatArray]
+"""``(X, y, existing) -> rows``: a fitted method's proposals from the usable runs ``(X, y)``
+and every run's mixture so far (``existing``)."""
+
+
+def fitted_or_designed(
+    method: str,
+    space: DomainSpace,
+    history: Sequence[Observation],
+    count: int,
+    rng: np.random.Generator,
+    *,
+    ready: bool,
+    optimise: Optimiser,
+) -> list[Proposal]:
+    """What a method that fits its history proposes: ``optimise``'s rows once it is ``ready``
+    and the runs can be fitted; RegMix's design before that, or when the fit fails (logged)."""
+    existing = history_weights(history, space.k)
+    X, y = usable_runs(history, space.k)
+    rows: FloatArray | None = None
+    if ready and can_fit(X):
+        try:
+            rows = optimise(X, y, existing)
+        except FIT_ERRORS as exc:
+            log.warning("%s: fitting failed, falling back to the design: %s", method, exc)
+    if rows is None:
+        rows = dirichlet_design(space, count, rng, RegMixConfig(), existing)
+    return [Proposal(np.asarray(row, dtype=float)) for row in rows]
+
+
 def current_round(rounds: Sequence[int], runs: int) -> int:
     """0 for the first round; ``len(rounds) - 1`` once every planned round is used up."""
     ends = np.cumsum(rounds)
@@ -352,18 +382,18 @@ class RoundsMixer(OfflineMixer):
     ) -> list[Proposal]:
         cfg = self.config
         assert isinstance(cfg, RoundsConfig)
-        existing = history_weights(history, space.k)
-        X, y = usable_runs(history, space.k)
         r = current_round(cfg.rounds, len(history))
-        rows: FloatArray | None = None
-        if r > 0 and can_fit(X):
-            try:
-                rows = self._around_optimum(space, X, y, existing, count, r, rng)
-            except FIT_ERRORS as exc:
-                log.warning("rounds: fitting failed, falling back to the design: %s", exc)
-        if rows is None:
-            rows = dirichlet_design(space, count, rng, RegMixConfig(), existing)
-        return [Proposal(np.asarray(row, dtype=float)) for row in rows]
+        return fitted_or_designed(
+            self.name,
+            space,
+            history,
+            count,
+            rng,
+            ready=r > 0,
+            optimise=lambda X, y, existing: self._around_optimum(
+                space, X, y, existing, count, r, rng
+            ),
+        )
 
     def _around_optimum(
         self,

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
@@ -29,3 +31,14 @@ def load_regmix(split: str) -> tuple[FloatArray, FloatArray, list[str], list[str
     y = np.array([losses[row["index"]] for row in mixtures])
     names = [c.removeprefix(WEIGHT_PREFIX) for c in columns]
     return X, y, names, [f"{split}-{row['index']}" for row in mixtures]
+
+
+def regmix_splits() -> dict[str, Any]:
+    """Both splits for a test module's fixture: ``X``, ``y``, ``names``, ``ids`` (train) and
+    ``X_test``, ``y_test``; the test is skipped when the data is not beside the repository."""
+    if not DATA.is_dir():
+        pytest.skip(f"RegMix data not found at {DATA}")
+    X, y, names, ids = load_regmix("train")
+    X_test, y_test, test_names, _ = load_regmix("test")
+    assert test_names == names
+    return {"X": X, "y": y, "names": names, "ids": ids, "X_test": X_test, "y_test": y_test}

@@ -30,6 +30,7 @@ from service.main import create_app
 from service.store import SqlStore
 from tests.conftest import Tokens
 from tests.servers import ThreadedServer
+from tests.service.conftest import experiment_body
 
 FAST: dict[str, Any] = {"backoff_base": 0.001, "backoff_max": 0.005}
 DOMAINS: list[dict[str, Any]] = [
@@ -41,15 +42,7 @@ VALID = {"web": 0.5, "code": 0.3, "papers": 0.2}
 
 
 def spec(name: str = "pile-3", **overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "name": name,
-        "method": "regmix",
-        "domains": DOMAINS,
-        "objective": {"metrics": {"val_loss/web": 1.0}},
-        "config": {"seed": 1},
-    }
-    body.update(overrides)
-    return body
+    return experiment_body(name=name, domains=DOMAINS, **overrides)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from mixers.fitting import (
 from mixers.regressors import REGRESSORS, regressor_names
 from mixopt.errors import Conflict, InvalidInput
 from mixopt.schemas import FitReport, Recommendation
-from tests.regmix_data import DATA, load_regmix
+from tests.regmix_data import regmix_splits
 
 FloatArray = NDArray[np.float64]
 
@@ -40,21 +40,11 @@ FloatArray = NDArray[np.float64]
 
 @pytest.fixture(scope="module")
 def regmix() -> dict[str, Any]:
-    if not DATA.is_dir():
-        pytest.skip(f"RegMix data not found at {DATA}")
-    X, y, names, ids = load_regmix("train")
-    X_test, y_test, test_names, _ = load_regmix("test")
-    assert test_names == names
-    result = fit_model(X, y, ids, names=names, seed=0, model="linear")
-    return {
-        "X": X,
-        "y": y,
-        "names": names,
-        "ids": ids,
-        "X_test": X_test,
-        "y_test": y_test,
-        "result": result,
-    }
+    data = regmix_splits()
+    data["result"] = fit_model(
+        data["X"], data["y"], data["ids"], names=data["names"], seed=0, model="linear"
+    )
+    return data
 
 
 def synthetic_space() -> DomainSpace:

@@ -28,7 +28,7 @@ from mixers.regressors import (
     regressor_names,
 )
 from mixers.regressors.lightgbm import auto_min_child_samples
-from tests.regmix_data import DATA, load_regmix
+from tests.regmix_data import regmix_splits
 
 FloatArray = NDArray[np.float64]
 
@@ -111,12 +111,7 @@ def test_refuses_bad_parameters():
 
 @pytest.fixture(scope="module")
 def regmix() -> dict[str, Any]:
-    if not DATA.is_dir():
-        pytest.skip(f"RegMix data not found at {DATA}")
-    X, y, names, ids = load_regmix("train")
-    X_test, y_test, test_names, _ = load_regmix("test")
-    assert test_names == names
-    return {"X": X, "y": y, "names": names, "ids": ids, "X_test": X_test, "y_test": y_test}
+    return regmix_splits()
 
 
 @pytest.fixture(scope="module")

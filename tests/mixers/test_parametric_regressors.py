@@ -29,7 +29,7 @@ from mixers.regressors import (
     regressor_names,
 )
 from mixers.regressors.gp import negative_log_marginal_likelihood
-from tests.regmix_data import DATA, load_regmix
+from tests.regmix_data import regmix_splits
 
 FloatArray = NDArray[np.float64]
 PARAMETRIC = ("mixing_law", "loglinear", "gp")
@@ -282,12 +282,7 @@ def test_sparse_swarm_auto_picks_a_parametric_model_over_lightgbm():
 
 @pytest.fixture(scope="module")
 def regmix() -> dict[str, Any]:
-    if not DATA.is_dir():
-        pytest.skip(f"RegMix data not found at {DATA}")
-    X, y, names, ids = load_regmix("train")
-    X_test, y_test, test_names, _ = load_regmix("test")
-    assert test_names == names
-    return {"X": X, "y": y, "names": names, "ids": ids, "X_test": X_test, "y_test": y_test}
+    return regmix_splits()
 
 
 def held_out_spearman(model: Any, regmix: dict[str, Any]) -> float:

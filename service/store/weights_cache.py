@@ -172,6 +172,9 @@ class WeightsChangeListener:
                             self._invalidate(note.payload)
             except psycopg.Error as exc:
                 log.warning("weights change listener lost its connection: %s", exc)
+            except Exception:
+                # Anything else would end the thread and leave the cache off for good.
+                log.exception("weights change listener failed; reconnecting")
             finally:
                 self._connected.clear()
                 self._cache.set_live(False)

@@ -20,6 +20,7 @@ from mixopt.errors import ErrorItem, InvalidInput, InvalidMixture
 
 __all__ = [
     "SUM_TOLERANCE",
+    "Direction",
     "DomainSpace",
     "MethodConfig",
     "Mixer",
@@ -33,6 +34,8 @@ SUM_TOLERANCE = 1e-6
 
 FloatArray = NDArray[np.float64]
 Mode = Literal["offline", "online"]
+Direction = Literal["minimize", "maximize"]
+"""Whether a smaller objective (a loss) or a larger one (a score) is better."""
 
 
 def _solve_clipped(

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,8 +30,10 @@ from scipy import stats
 from sklearn.base import clone
 from sklearn.inspection import permutation_importance
 
-from mixers.base import DomainSpace, FloatArray
+from mixers.base import Direction, DomainSpace, FloatArray
 from mixers.regressors import make_regressor, regressor_names
+from mixers.sampling import neighbourhood, swarm_samples
+from mixers.search import Round, global_then_refine
 from mixopt.errors import Conflict, InvalidInput
 
 __all__ = [
@@ -46,12 +48,10 @@ __all__ = [
     "predict",
     "recommend",
     "spearman_or_none",
-    "swarm_samples",
 ]
 
 log = logging.getLogger(__name__)
 
-Direction = Literal["minimize", "maximize"]
 MIN_RUNS = 8
 """Fewer usable runs than this: ``fit_model`` raises ``Conflict`` (409)."""
 INTERVAL_LEVEL = 0.8
@@ -63,12 +63,9 @@ DISTINCT_L1 = 0.05
 """Alternatives differ from each other and from the recommendation by more than this (L1)."""
 MAX_ALTERNATIVES = 5
 
-# The search's candidate distribution: the proxy-swarm distribution of RegMix's design
-# (Dirichlet centred on prior**0.5, concentration scales log-spaced in [0.1, 5]), not the
-# reference notebook's Dirichlet(prior x 1), which differs from the swarm (pitfall 1.7).
-_TEMPERATURE = 0.5
-_STRENGTHS = np.logspace(np.log10(0.1), np.log10(5.0), 15)
-_MIN_ALPHA = 1e-3
+# The search draws its global candidates like the proxy swarm of RegMix's design
+# (``sampling.swarm_samples``), not like the reference notebook's Dirichlet(prior x 1), which
+# differs from the swarm: the model is asked where it saw data.
 _CHUNK = 8192
 _IMPORTANCE_ROWS = 256
 _IMPORTANCE_REPEATS = 5
@@ -354,24 +351,6 @@ def predict(result: FitResult, X: FloatArray) -> tuple[FloatArray, FloatArray, F
 # --- search --------------------------------------------------------------------------------------
 
 
-def swarm_samples(space: DomainSpace, count: int, rng: np.random.Generator) -> FloatArray:
-    """``count`` candidates: swarm-like Dirichlet samples projected into the bounds."""
-    centre = space.prior**_TEMPERATURE
-    centre = centre / centre.sum()
-    scales = rng.choice(_STRENGTHS, size=count)
-    alpha = np.maximum(centre[None, :] * scales[:, None], _MIN_ALPHA)
-    gammas = rng.standard_gamma(alpha)
-    totals = gammas.sum(axis=1, keepdims=True)
-    empty = totals[:, 0] <= 0  # every gamma underflowed: take the centre
-    gammas[empty] = centre
-    totals[empty] = 1.0
-    w: FloatArray = np.asarray(gammas / totals, dtype=float)
-    outside = ~space.contains(w, tol=1e-12)
-    if outside.any():
-        w[outside] = space.project(w[outside])
-    return w
-
-
 def _predicted(value: float, q: tuple[float, float]) -> dict[str, float]:
     return {"value": value, "low": value + q[0], "high": value + q[1]}
 
@@ -397,61 +376,6 @@ def _kl_to_prior(w: FloatArray, prior: FloatArray) -> FloatArray:
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(w > 0, w * np.log(w / np.maximum(prior, 1e-300)), 0.0)
     return np.asarray(terms.sum(axis=1), dtype=float)
-
-
-class _Pool:
-    """The best ``keep`` candidates seen so far (lower score is better)."""
-
-    def __init__(self, k: int, keep: int) -> None:
-        self.keep = keep
-        self.w = np.empty((0, k))
-        self.s = np.empty(0)
-
-    def add(self, w: FloatArray, s: FloatArray) -> None:
-        self.w = np.vstack([self.w, w])
-        self.s = np.concatenate([self.s, s])
-        if len(self.s) > self.keep:
-            part = np.argpartition(self.s, self.keep - 1)[: self.keep]
-            self.w, self.s = self.w[part], self.s[part]
-
-    def sorted(self) -> tuple[FloatArray, FloatArray]:
-        order = np.argsort(self.s, kind="stable")
-        return self.w[order], self.s[order]
-
-    def centres(self, count: int, min_l1: float) -> FloatArray:
-        """Up to ``count`` of the best candidates, each more than ``min_l1`` from the others."""
-        w, s = self.sorted()
-        chosen: list[FloatArray] = []
-        for row, score in zip(w, s, strict=True):
-            if not np.isfinite(score):
-                break
-            if all(float(np.abs(row - c).sum()) > min_l1 for c in chosen):
-                chosen.append(row)
-                if len(chosen) == count:
-                    break
-        return np.array(chosen).reshape(-1, w.shape[1])
-
-
-def _around(
-    space: DomainSpace,
-    centres: FloatArray,
-    concentration: float,
-    count: int,
-    rng: np.random.Generator,
-) -> FloatArray:
-    """``count`` mixtures per centre from Dirichlet(concentration x centre), in the bounds.
-
-    The floor on alpha lets a domain the centre lacks come back in small amounts.
-    """
-    rows = [
-        rng.dirichlet(np.maximum(concentration * centre, _REFINE_MIN_ALPHA), size=count)
-        for centre in centres
-    ]
-    w: FloatArray = np.vstack(rows)
-    outside = ~space.contains(w, tol=1e-12)
-    if outside.any():
-        w[outside] = space.project(w[outside])
-    return w
 
 
 def recommend(
@@ -531,33 +455,26 @@ def recommend(
             s = s + kl_penalty * _kl_to_prior(w, prior)
         return np.where(np.isfinite(s), s, np.inf)
 
-    pool = _Pool(space.k, max(top_k, _POOL))
-    drawn = 0
-    global_share = _GLOBAL_SHARE if refine else 1.0
-    while drawn < math.ceil(candidates * global_share):
-        size = min(_CHUNK, math.ceil(candidates * global_share) - drawn)
-        w = swarm_samples(search_space, size, rng)
-        pool.add(w, score(w))
-        drawn += size
-        if max_seconds is not None and drawn == size:
-            per_row = (time.perf_counter() - started) / size
-            candidates = max(size, min(candidates, int(max_seconds / max(per_row, 1e-9))))
-    # The swarm-like stage's best, for the alternatives: refining crowds the pool around the
+    search = global_then_refine(
+        score,
+        draw=lambda count: swarm_samples(search_space, count, rng),
+        candidates=candidates,
+        keep=max(top_k, _POOL),
+        width=space.k,
+        global_share=_GLOBAL_SHARE,
+        rounds=[Round((c,)) for c in _REFINE_CONCENTRATIONS] if refine else (),
+        around=lambda centres, c, count: neighbourhood(
+            search_space, centres, c, count, rng, floor=0.0, min_alpha=_REFINE_MIN_ALPHA
+        ),
+        centres=_REFINE_CENTRES,
+        min_l1=_REFINE_DISTINCT_L1,
+        chunk=_CHUNK,
+        max_seconds=max_seconds,
+    )
+    pool_w, pool_s = search.pool.rows, search.pool.scores
+    # The global stage's best, for the alternatives: refining crowds the pool around the
     # best few centres, and alternatives are meant to be distinct mixtures.
-    spread_w, spread_s = pool.sorted()
-    rounds = 0
-    if refine:
-        for i, concentration in enumerate(_REFINE_CONCENTRATIONS):
-            count = (candidates - drawn) // (len(_REFINE_CONCENTRATIONS) - i)
-            centres = pool.centres(_REFINE_CENTRES, _REFINE_DISTINCT_L1)
-            if len(centres) == 0 or count < len(centres):
-                break
-            w = _around(search_space, centres, concentration, -(-count // len(centres)), rng)
-            w = w[rng.permutation(len(w))[:count]]
-            pool.add(w, score(w))
-            drawn += len(w)
-            rounds += 1
-    pool_w, pool_s = pool.sorted()
+    spread_w, spread_s = search.after_global.rows, search.after_global.scores
 
     q = result.residual_quantiles
     best = search_space.project(pool_w[:top_k].mean(axis=0))[0]
@@ -607,11 +524,11 @@ def recommend(
         "model": result.model,
         "n_runs": result.n_runs,
         "search": {
-            "candidates": drawn,
+            "candidates": search.scored,
             "top_k": top_k,
             "seconds": round(time.perf_counter() - started, 4),
             "trust_region": narrowed is not None,
-            "refine_rounds": rounds,
+            "refine_rounds": search.rounds,
             "kl_penalty": kl_penalty,
         },
     }

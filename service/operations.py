@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from mixers import DomainSpace, Observation, OfflineMixer, fitting, get_method, quadmix
+from mixers import DomainSpace, Observation, OfflineMixer, fitting, get_method
 from mixers.backtest import backtest as run_backtest
 from mixers.base import MethodConfig, Mixer
-from mixers.offline.quadmix import QuadMixConfig
+from mixers.offline import quadmix
+from mixers.offline.quadmix import QuadMixConfig, QuadMixParams
 from mixers.online import Feedback, OnlineMixer
-from mixers.quadmix import QuadMixParams
 from mixopt import schemas
 from mixopt.errors import Conflict, ErrorItem, Gone, InvalidInput, NotFound
 from service.convert import fit_out

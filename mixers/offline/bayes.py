@@ -32,27 +32,33 @@ import numpy as np
 from pydantic import Field, field_validator
 from scipy.stats import norm
 
-from mixers.base import DomainSpace, FloatArray, MethodConfig, Observation, OfflineMixer, Proposal
-from mixers.fitting import MIN_RUNS
-from mixers.offline.regmix import distinct_rows
-from mixers.offline.rounds import (
-    DIRECTION_DESCRIPTION,
+from mixers.base import (
     Direction,
+    DomainSpace,
+    FloatArray,
+    MethodConfig,
+    Observation,
+    OfflineMixer,
+    Proposal,
+)
+from mixers.fitting import MIN_RUNS
+from mixers.offline._sequential import (
+    DIRECTION_DESCRIPTION,
+    DISTINCT_L1,
     check_model_name,
     fill,
     fit_surrogate,
     fitted_or_designed,
     gives_std,
-    global_samples,
-    neighbourhood,
     predict_with_std,
 )
 from mixers.registry import register
 from mixers.regressors import make_regressor
+from mixers.sampling import distinct_rows, global_samples, neighbourhood
+from mixers.search import Round, global_then_refine
 
 __all__ = ["BayesConfig", "BayesMixer", "expected_improvement", "local_penalisation"]
 
-_DISTINCT = 1e-5
 _LOCAL = (30.0, 100.0, 300.0, 1000.0)
 
 
@@ -215,22 +221,23 @@ class BayesMixer(OfflineMixer):
 
         n = cfg.candidates
         top_runs = X[np.argsort(observed_mean, kind="stable")[:8]]
-        pool = np.vstack(
-            [
-                global_samples(space, n // 2, rng),
-                *(neighbourhood(space, top_runs, c, n // (2 * len(_LOCAL)), rng) for c in _LOCAL),
-            ]
+        near_runs = np.vstack(
+            [neighbourhood(space, top_runs, c, n // (2 * len(_LOCAL)), rng) for c in _LOCAL]
         )
-        ei, _, _ = acquire(pool)
-        for _ in range(2):  # refine around the candidates with the highest EI
-            order = np.argsort(-ei, kind="stable")[: max(16, 2 * count)]
-            local = np.vstack(
-                [neighbourhood(space, pool[order], c, n // len(_LOCAL), rng) for c in _LOCAL]
-            )
-            pool = np.vstack([pool, local])
-            ei = np.concatenate([ei, acquire(local)[0]])
-        best_first = pool[np.argsort(-ei, kind="stable")[: max(64 * count, 1024)]]
-        pool = distinct_rows(best_first, existing, _DISTINCT)
+        search = global_then_refine(
+            lambda W: -acquire(W)[0],
+            draw=lambda count: global_samples(space, count, rng),
+            candidates=n // 2 + 2 * n,
+            keep=max(64 * count, 1024),
+            width=space.k,
+            global_share=(n // 2) / (n // 2 + 2 * n),
+            rounds=[Round(_LOCAL)] * 2,  # refine around the candidates with the highest EI
+            around=lambda centres, c, size: neighbourhood(space, centres, c, size, rng),
+            centres=max(16, 2 * count),
+            seeds=near_runs,
+            chunk=n,
+        )
+        pool = distinct_rows(search.pool.rows, existing, DISTINCT_L1)
         ei, mean, std = acquire(pool)
         lip = lipschitz(estimator, sign, pool[: min(len(pool), 128)])
         # The penalised balls' radii (mu_j - M) / L use the best value predicted anywhere, so

@@ -17,8 +17,9 @@ from pydantic import Field, model_validator
 
 from mixers.base import DomainSpace, FloatArray, MethodConfig, Observation, OfflineMixer, Proposal
 from mixers.registry import register
+from mixers.sampling import distinct_rows, strength_ladder, swarm_centre, swarm_dirichlet
 
-__all__ = ["RegMixConfig", "RegMixMixer", "dirichlet_design", "distinct_rows"]
+__all__ = ["RegMixConfig", "RegMixMixer", "dirichlet_design"]
 
 
 class RegMixConfig(MethodConfig):
@@ -45,34 +46,6 @@ class RegMixConfig(MethodConfig):
         return self
 
 
-def distinct_rows(rows: FloatArray, existing: FloatArray, tol: float = 1e-5) -> FloatArray:
-    """Rows not within L1 distance ``tol`` of each other or of ``existing``, in order.
-
-    Two rows that close also lie within ``tol`` along any direction ``u`` with all |u_i| <= 1
-    (|u . (x - y)| <= |x - y|_1), so each row is compared only with the kept rows inside that
-    window of the sorted projections. (Fix: the former loop rebuilt an array of every kept row
-    for each candidate, quadratic copying that made a design of 1000 mixtures take ~6 s.)
-    """
-    k = rows.shape[1]
-    pool = np.vstack([existing.reshape(-1, k), rows])
-    first = len(pool) - len(rows)
-    key = pool @ np.linspace(-1.0, 1.0, k)
-    order = np.argsort(key, kind="stable")
-    ordered = key[order]
-    reach = tol + 1e-12  # and the rounding of the projections
-    starts = np.searchsorted(ordered, key - reach, side="left")
-    ends = np.searchsorted(ordered, key + reach, side="right")
-    kept = np.zeros(len(pool), dtype=bool)
-    kept[:first] = True
-    for j in range(first, len(pool)):
-        near = order[starts[j] : ends[j]]
-        near = near[kept[near]]  # existing rows and the earlier rows kept so far
-        if len(near) and np.abs(pool[near] - pool[j]).sum(axis=1).min() <= tol:
-            continue
-        kept[j] = True
-    return rows[kept[first:]]
-
-
 def dirichlet_design(
     space: DomainSpace,
     count: int,
@@ -84,9 +57,8 @@ def dirichlet_design(
     cfg = config or RegMixConfig()
     k = space.k
     existing = np.empty((0, k)) if existing is None else np.atleast_2d(existing)
-    centre = space.prior**cfg.temperature
-    centre /= centre.sum()
-    ladder = np.logspace(np.log10(cfg.min_strength), np.log10(cfg.max_strength), cfg.strengths)
+    centre = swarm_centre(space, cfg.temperature)
+    ladder = strength_ladder(cfg.min_strength, cfg.max_strength, cfg.strengths)
     ceiling = np.minimum(cfg.max_prior_multiple * space.prior, 1.0)
 
     chosen = np.empty((0, k))
@@ -98,10 +70,7 @@ def dirichlet_design(
             # too: the prior moved into the bounds (a no-op when it is inside already).
             centre = space.project(centre)[0]
         n = max(count * cfg.sample_multiplier, 64)
-        scales = rng.choice(ladder, size=n)
-        # Tiny concentrations underflow to all-zero rows; a floor keeps every row drawable.
-        alpha = np.maximum(centre[None, :] * scales[:, None], 1e-3)
-        samples = np.array([rng.dirichlet(a) for a in alpha])
+        samples = swarm_dirichlet(centre, n, rng, ladder, exact=True)
         if attempt < 4:  # the paper's rejection; relaxed if the bounds leave too few samples
             samples = samples[np.all(samples <= ceiling + 1e-12, axis=1)]
         samples = np.where(samples < cfg.min_share, 0.0, samples)

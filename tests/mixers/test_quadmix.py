@@ -16,11 +16,11 @@ import pytest
 
 from mixers import get_method
 from mixers.base import DomainSpace, Observation
-from mixers.offline.quadmix import QuadMixConfig, QuadMixMixer
-from mixers.offline.regmix import dirichlet_design
-from mixers.quadmix import (
+from mixers.offline.quadmix import (
     PARAM_KEYS,
     ParamRanges,
+    QuadMixConfig,
+    QuadMixMixer,
     QuadMixParams,
     decode,
     encode,
@@ -33,6 +33,7 @@ from mixers.quadmix import (
     sampling_probabilities,
     sampling_values,
 )
+from mixers.offline.regmix import dirichlet_design
 from mixers.regressors import make_regressor
 from mixers.testing import assert_valid_mixtures, check_offline_mixer, generic_space
 from mixopt.errors import InvalidInput

@@ -32,6 +32,7 @@ from scipy.spatial.distance import cdist
 
 from mixers import get_method
 from mixers.base import DomainSpace, Observation, OfflineMixer
+from mixers.offline._sequential import usable_runs
 from mixers.offline.bayes import (
     BayesConfig,
     BayesMixer,
@@ -39,7 +40,7 @@ from mixers.offline.bayes import (
     local_penalisation,
 )
 from mixers.offline.regmix import RegMixMixer
-from mixers.offline.rounds import RoundsConfig, RoundsMixer, current_round, usable_runs
+from mixers.offline.rounds import RoundsConfig, RoundsMixer, current_round
 from mixers.testing import assert_valid_mixtures, check_offline_mixer, generic_space
 from mixopt.errors import InvalidInput
 from tests.mixers.simulator import Outcome, make_simulator, run_method

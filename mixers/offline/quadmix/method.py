@@ -1,14 +1,14 @@
 """``quadmix``: QuaDMix's joint quality-and-domain design (ByteDance, arXiv 2504.16511).
 
 Each proposal is a run with domain weights *and* QuaDMix sampling-function parameters
-(``mixers.quadmix``): per domain, merge weights over the experiment's quality scores
+(``quadmix.params``): per domain, merge weights over the experiment's quality scores
 (``config.quality_scores``), a quality threshold, a steepness and an exponent, stored as the
 run's ``params``. The weights come from RegMix's Dirichlet design (``dirichlet_design``, with
 this config's RegMix options); the parameters from the paper's Algorithm 1 (``sample_params``).
 
 Explicit domain weights are an extension: in the paper the domain proportions emerge from the
 parameters. Keeping them lets QuaDMix runs share the Run shape; a trainer applies a run with
-``mixers.quadmix.sampling_probabilities`` / ``sample_documents``.
+``quadmix.sampling_probabilities`` / ``sample_documents``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from mixers.base import DomainSpace, MethodConfig, Observation, OfflineMixer, Proposal
+from mixers.offline.quadmix.params import ParamRanges, sample_params
 from mixers.offline.regmix import RegMixConfig, dirichlet_design
-from mixers.quadmix import ParamRanges, sample_params
 from mixers.registry import register
 
 __all__ = ["QuadMixConfig", "QuadMixMixer"]

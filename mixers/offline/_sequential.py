@@ -1,0 +1,172 @@
+# ruff: noqa: N803, N806 - X is the conventional name of a design matrix (scikit-learn)
+"""What the offline methods that learn from their history share (``rounds``, ``bayes``).
+
+They propose RegMix's design until enough runs have finished, then fit a surrogate on the
+finished runs and propose from it; a fit that fails falls back to the design, logged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from mixers.base import DomainSpace, FloatArray, Observation, Proposal
+from mixers.fitting import MIN_RUNS, fit_model
+from mixers.offline.regmix import RegMixConfig, dirichlet_design
+from mixers.regressors import make_regressor, regressor_names
+from mixers.search import Scorer
+from mixopt.errors import Conflict
+
+__all__ = [
+    "DIRECTION_DESCRIPTION",
+    "DISTINCT_L1",
+    "FIT_ERRORS",
+    "can_fit",
+    "check_model_name",
+    "fill",
+    "fit_surrogate",
+    "fitted_or_designed",
+    "gives_std",
+    "history_weights",
+    "predict_with_std",
+    "predictor",
+    "usable_runs",
+]
+
+log = logging.getLogger(__name__)
+
+DIRECTION_DESCRIPTION = (
+    "whether a smaller ('minimize', a loss) or larger ('maximize', a score) objective is better; "
+    "must match the experiment's objective direction"
+)
+DISTINCT_L1 = 1e-5
+"""Proposals differ from each other and from the history by more than this (L1)."""
+FIT_ERRORS = (ArithmeticError, ValueError, RuntimeError, np.linalg.LinAlgError, Conflict)
+"""A fit that fails with one of these (degenerate data, no model converging) falls back to the
+design: a proposal request should not fail because a surrogate could not be fitted."""
+
+
+def check_model_name(value: str) -> str:
+    """``auto`` or a registered regressor (the API's ``model`` names)."""
+    known = regressor_names()
+    if value != "auto" and value not in known:
+        raise ValueError(f"unknown model {value!r}; known: {', '.join(['auto', *known])}")
+    return value
+
+
+def history_weights(history: Sequence[Observation], k: int) -> FloatArray:
+    """Every run's mixture (finished or not): new proposals must differ from all of them."""
+    return np.array([np.asarray(obs.weights, dtype=float) for obs in history]).reshape(-1, k)
+
+
+def usable_runs(history: Sequence[Observation], k: int) -> tuple[FloatArray, FloatArray]:
+    """``(X, y)`` of the completed, non-excluded runs with a finite objective."""
+    rows = [
+        (np.asarray(obs.weights, dtype=float), float(obs.objective))
+        for obs in history
+        if obs.status == "completed"
+        and not obs.excluded
+        and obs.objective is not None
+        and math.isfinite(obs.objective)
+        and np.all(np.isfinite(obs.weights))
+    ]
+    X = np.array([w for w, _ in rows]).reshape(-1, k)
+    y = np.array([v for _, v in rows], dtype=float)
+    return X, y
+
+
+def can_fit(X: FloatArray) -> bool:
+    """Enough runs (``MIN_RUNS``) on at least two distinct mixtures."""
+    return len(X) >= MIN_RUNS and len(np.unique(np.round(X, 9), axis=0)) >= 2
+
+
+def fit_surrogate(
+    X: FloatArray, y: FloatArray, model: str, names: Sequence[str], seed: int
+) -> tuple[Any, str]:
+    """A fitted regressor and its name: ``model`` refitted on all runs, or for ``auto`` the one
+    ``fit_model`` picks by cross-validated Spearman."""
+    if model == "auto":
+        result = fit_model(
+            X, y, [str(i) for i in range(len(y))], model="auto", names=names, seed=seed
+        )
+        return result.estimator, result.model
+    return make_regressor(model, seed).fit(X, y), model
+
+
+def predict_with_std(estimator: Any, W: FloatArray) -> tuple[FloatArray, FloatArray] | None:
+    """``(mean, std)`` from ``estimator.predict(W, return_std=True)``; ``None`` without it."""
+    if not gives_std(estimator):
+        return None
+    mean, std = estimator.predict(W, return_std=True)
+    return np.asarray(mean, dtype=float).ravel(), np.asarray(std, dtype=float).ravel()
+
+
+def gives_std(estimator: Any) -> bool:
+    """Whether ``estimator.predict`` takes ``return_std`` (a predictive standard deviation)."""
+    return "return_std" in inspect.signature(estimator.predict).parameters
+
+
+def predictor(estimator: Any, sign: float, caution: float = 0.0) -> Scorer:
+    """``sign * prediction + caution * std`` (the std where the model gives one), smaller is
+    better; non-finite scores are worst."""
+    has_std = caution > 0 and gives_std(estimator)
+
+    def score(W: FloatArray) -> FloatArray:
+        if has_std:
+            out = predict_with_std(estimator, W)
+            assert out is not None
+            s = sign * out[0] + caution * out[1]
+        else:
+            s = sign * np.asarray(estimator.predict(W), dtype=float).ravel()
+        return np.where(np.isfinite(s), s, np.inf)
+
+    return score
+
+
+def fill(
+    space: DomainSpace,
+    chosen: FloatArray,
+    existing: FloatArray,
+    count: int,
+    rng: np.random.Generator,
+) -> FloatArray:
+    """Top ``chosen`` up to ``count`` rows with RegMix's design (narrow spaces, small pools)."""
+    if len(chosen) >= count:
+        return chosen[:count]
+    more = dirichlet_design(space, count - len(chosen), rng, existing=np.vstack([existing, chosen]))
+    return np.vstack([chosen, more])
+
+
+Optimiser = Callable[[FloatArray, FloatArray, FloatArray], FloatArray]
+"""``(X, y, existing) -> rows``: a fitted method's proposals from the usable runs ``(X, y)``
+and every run's mixture so far (``existing``)."""
+
+
+def fitted_or_designed(
+    method: str,
+    space: DomainSpace,
+    history: Sequence[Observation],
+    count: int,
+    rng: np.random.Generator,
+    *,
+    ready: bool,
+    optimise: Optimiser,
+) -> list[Proposal]:
+    """What a method that fits its history proposes: ``optimise``'s rows once it is ``ready``
+    and the runs can be fitted; RegMix's design before that, or when the fit fails (logged)."""
+    existing = history_weights(history, space.k)
+    X, y = usable_runs(history, space.k)
+    rows: FloatArray | None = None
+    if ready and can_fit(X):
+        try:
+            rows = optimise(X, y, existing)
+        except FIT_ERRORS as exc:
+            log.warning("%s: fitting failed, falling back to the design: %s", method, exc)
+    if rows is None:
+        rows = dirichlet_design(space, count, rng, RegMixConfig(), existing)
+    return [Proposal(np.asarray(row, dtype=float)) for row in rows]

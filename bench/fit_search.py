@@ -35,13 +35,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mixers.base import DomainSpace
-from mixers.fitting import fit_model, recommend
+from mixers.fitting import fit_model
+from mixers.recommendation import SEARCH_SECONDS, recommend
 from mixers.regressors import LightGBMMixtureRegressor
 from tests.regmix_data import load_regmix
 
 CHUNK = 100_000
 TOP_K = 100
-SERVICE_BUDGET_SECONDS = 3.0  # what Operations.fit gives the search
 
 
 def regmix_space() -> tuple[DomainSpace, np.ndarray, np.ndarray, list[str], list[str]]:
@@ -90,15 +90,15 @@ def mixopt(seed: int) -> dict[str, Any]:
         space,
         result,
         np.random.default_rng([seed, len(y)]),
-        max_seconds=SERVICE_BUDGET_SECONDS,
+        max_seconds=SEARCH_SECONDS,
     )
     return {
-        "weights": space.to_array(rec["weights"]).tolist(),
+        "weights": rec.weights.tolist(),
         "fit_seconds": fitted - started,
         "search_seconds": time.perf_counter() - fitted,
-        "scored": rec["search"]["candidates"],
+        "scored": rec.search.candidates,
         "peak_mb": peak_mb(),
-        "cv_spearman": result.cv["spearman"],
+        "cv_spearman": result.cv.spearman,
     }
 
 

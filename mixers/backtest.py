@@ -27,27 +27,23 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from mixers.base import DomainSpace, FloatArray, Observation, OfflineMixer
-from mixers.fitting import (
-    MIN_RUNS,
-    Direction,
-    FitResult,
-    fit_model,
-    recommend,
-    spearman_or_none,
-)
-from mixers.registry import get_method, methods
+from mixers.base import Direction, DomainSpace, FloatArray, Observation
+from mixers.fitting import MIN_RUNS, Fit, fit_model, spearman_or_none
+from mixers.recommendation import recommend
+from mixers.registry import offline_method, offline_methods
 from mixers.regressors import regressor_names
 from mixopt.errors import InvalidInput
 
 __all__ = [
     "BASE_DESIGNS",
     "Backtest",
+    "BacktestPlan",
+    "BacktestReference",
     "BacktestRow",
     "backtest",
     "backtest_steps",
@@ -92,10 +88,31 @@ class BacktestRow:
 
 
 @dataclass(frozen=True)
+class BacktestReference:
+    """The fit on every run that judges the rows: its model, score and own recommendation."""
+
+    model: str
+    cv_spearman: float | None
+    weights: dict[str, float]
+    judged: float
+
+
+@dataclass(frozen=True)
+class BacktestPlan:
+    """What to replay (see ``backtest``): ``None`` for the defaults."""
+
+    models: Sequence[str] | None = None
+    sizes: Sequence[int] | None = None
+    designs: Sequence[str] = ("stored",)
+    reference_model: str = "lightgbm"
+    max_fits: int | None = None
+    progress: Progress | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
 class Backtest:
     rows: list[BacktestRow]
-    reference: dict[str, Any]
-    """``model``, ``cv_spearman``, ``weights`` and ``judged`` (its own recommendation)."""
+    reference: BacktestReference
     n_runs: int
     sizes: list[int]
     designs: list[str]
@@ -111,7 +128,7 @@ def _check_choice(values: Sequence[str], known: Sequence[str], field_name: str) 
     errors = [v for v in values if v not in known]
     if errors or not values:
         raise InvalidInput.at(
-            ("body", field_name),
+            (field_name,),
             f"unknown {field_name} {', '.join(map(repr, errors)) or '(none given)'}; "
             f"known: {', '.join(known)}",
         )
@@ -138,9 +155,7 @@ def _design_order(
         return np.arange(n), None
     if design == "random":
         return np.random.default_rng([seed, 1]).permutation(n), None
-    cls = get_method("offline", design)
-    mixer = cls(cls.parse_config({"seed": seed}))
-    assert isinstance(mixer, OfflineMixer)
+    mixer = offline_method(design).from_config({"seed": seed})
     mixer.check_space(space)
     used = np.zeros(n, dtype=bool)
     order: list[int] = []
@@ -168,27 +183,25 @@ def backtest(
     X: FloatArray,
     y: FloatArray,
     run_ids: Sequence[str],
+    plan: BacktestPlan | None = None,
     *,
-    models: Sequence[str] | None = None,
-    sizes: Sequence[int] | None = None,
-    designs: Sequence[str] = ("stored",),
-    reference_model: str = "lightgbm",
     direction: Direction = "minimize",
     seed: int = 0,
     search_candidates: int = 10_000,
-    max_fits: int | None = None,
-    progress: Progress | None = None,
 ) -> Backtest:
     """Replay the swarm ``(X, y)`` (rows in creation order) for each design, size and model.
 
     ``models``: regressor names and/or ``auto`` (default: every registered regressor and
     ``auto``). ``sizes``: runs seen (default 32, 64, ... and N). Invalid choices raise
-    ``InvalidInput`` located at ``("body", "models" | "sizes" | "designs" |
-    "reference_model")``, and more than ``max_fits`` fits at ``("body",)``.
+    ``InvalidInput`` located at ``("models" | "sizes" | "designs" | "reference_model",)``,
+    and more than ``max_fits`` fits at ``()``.
 
     Each search scores a fixed ``search_candidates`` (no time budget, unlike ``POST /fit``), so a
     backtest is reproducible and rows differ by what they saw, not by how busy the machine was.
     """
+    plan = plan or BacktestPlan()
+    models, sizes, designs = plan.models, plan.sizes, plan.designs
+    reference_model, max_fits, progress = plan.reference_model, plan.max_fits, plan.progress
     started = time.perf_counter()
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float).ravel()
@@ -196,13 +209,13 @@ def backtest(
     known = regressor_names()
     models = list(models) if models is not None else [*known, "auto"]
     _check_choice(models, [*known, "auto"], "models")
-    offline = [cls.name for cls in methods() if cls.mode == "offline"]
+    offline = [cls.name for cls in offline_methods()]
     _check_choice(list(designs), [*BASE_DESIGNS, *offline], "designs")
     sizes = sorted(set(sizes)) if sizes is not None else default_sizes(n)
     bad = [s for s in sizes if not MIN_RUNS <= s <= n]
     if bad or not sizes:
         raise InvalidInput.at(
-            ("body", "sizes"),
+            ("sizes",),
             f"sizes must lie between {MIN_RUNS} and the {n} usable runs; got "
             f"{', '.join(map(str, bad)) or 'none'}",
         )
@@ -211,7 +224,7 @@ def backtest(
     total = backtest_steps(designs, sizes, models)
     if max_fits is not None and total > max_fits:
         raise InvalidInput.at(
-            ("body",),
+            (),
             f"{total} fits ({len(designs)} designs x {len(sizes)} sizes x models): at most "
             f"{max_fits} per request; ask for fewer sizes or models",
         )
@@ -234,7 +247,7 @@ def backtest(
         np.random.default_rng([seed, n]),
         candidates=search_candidates,
     )
-    ref_value = float(reference.estimator.predict(space.to_array(ref_rec["weights"])[None])[0])
+    ref_value = float(reference.estimator.predict(ref_rec.weights[None])[0])
     tick(f"reference {reference_model} on {n} runs")
 
     rows: list[BacktestRow] = []
@@ -247,7 +260,7 @@ def backtest(
             for model in fitted_models:
                 row_started = time.perf_counter()
                 ids = [run_ids[i] for i in seen]
-                result: FitResult = fit_model(
+                result: Fit = fit_model(
                     X[seen], y[seen], ids, model=model, names=space.names, seed=seed,
                     direction=direction, importance=False,
                 )  # fmt: skip
@@ -257,8 +270,7 @@ def backtest(
                     np.random.default_rng([seed, size]),
                     candidates=search_candidates,
                 )
-                w = space.to_array(rec["weights"])[None]
-                judged = float(reference.estimator.predict(w)[0])
+                judged = float(reference.estimator.predict(rec.weights[None])[0])
                 held = (  # a rank correlation of fewer than 3 runs says nothing
                     spearman_or_none(y[unseen], np.asarray(result.estimator.predict(X[unseen])))
                     if len(unseen) >= 3
@@ -270,12 +282,12 @@ def backtest(
                         n_runs=size,
                         model=model,
                         requested=model,
-                        cv_spearman=result.cv["spearman"],
+                        cv_spearman=result.cv.spearman,
                         heldout_spearman=held,
-                        predicted=float(rec["predicted"]["value"]),
+                        predicted=rec.predicted.value,
                         judged=judged,
                         regret=sign * (judged - ref_value),
-                        weights=rec["weights"],
+                        weights=space.to_dict(rec.weights),
                         match_l1=match_l1,
                         seconds=time.perf_counter() - row_started,
                     )
@@ -287,15 +299,15 @@ def backtest(
                     cell,
                     key=lambda r: r.cv_spearman if r.cv_spearman is not None else -math.inf,
                 )
-                rows.append(BacktestRow(**{**asdict(best), "requested": "auto", "seconds": 0.0}))
+                rows.append(replace(best, requested="auto", seconds=0.0))
     return Backtest(
         rows=rows,
-        reference={
-            "model": reference.model,
-            "cv_spearman": reference.cv["spearman"],
-            "weights": ref_rec["weights"],
-            "judged": ref_value,
-        },
+        reference=BacktestReference(
+            model=reference.model,
+            cv_spearman=reference.cv.spearman,
+            weights=space.to_dict(ref_rec.weights),
+            judged=ref_value,
+        ),
         n_runs=n,
         sizes=list(sizes),
         designs=list(designs),

@@ -1,4 +1,4 @@
-"""Core abstractions of the mixing methods: the domain space, method configs and mixer interfaces.
+"""Core abstractions of the mixing methods: the domain space, method configs, the mixer base.
 
 Pure: numpy and pydantic only. The service keeps all state; a mixer gets what it needs on every
 call (like an Optuna sampler, which is handed the study's trials instead of remembering them).
@@ -7,10 +7,10 @@ call (like an Optuna sampler, which is handed the study's trials instead of reme
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from abc import ABC
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, Self, TypeVar, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,11 +22,13 @@ __all__ = [
     "SUM_TOLERANCE",
     "Direction",
     "DomainSpace",
+    "ExperimentSetup",
     "MethodConfig",
     "Mixer",
     "Observation",
-    "OfflineMixer",
     "Proposal",
+    "RunLookup",
+    "RunSummary",
 ]
 
 SUM_TOLERANCE = 1e-6
@@ -389,6 +391,7 @@ class Observation:
     objective: float | None = None
     status: str = "completed"
     excluded: bool = False
+    run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -399,20 +402,56 @@ class Proposal:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
-class Mixer(ABC):
-    """What every registered method has: a name, a mode, a description and a typed config."""
+ConfigT = TypeVar("ConfigT", bound=MethodConfig)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a method may learn of another run of the service (e.g. DoReMi's reference run)."""
+
+    status: str
+    eval_losses: Mapping[str, float]
+    """The run's latest reported per-domain held-out losses (empty if it reported none)."""
+
+
+RunLookup = Callable[[str], RunSummary]
+"""``run_id -> RunSummary``, given by the service; ``NotFound`` for an unknown run."""
+
+
+@dataclass(frozen=True)
+class ExperimentSetup:
+    """What a method may read of the experiment it is created for, to complete its config."""
+
+    direction: Direction
+    """The objective's direction."""
+    find_run: RunLookup
+
+
+class Mixer(ABC, Generic[ConfigT]):
+    """What every registered method has: a name, a mode, a description and a typed config.
+
+    A subclass names its config class as the type argument (``OfflineMixer[RegMixConfig]``);
+    ``Config`` is taken from it, so the class and its config are declared once.
+    """
 
     name: ClassVar[str]
     mode: ClassVar[Mode]
     description: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
 
-    def __init__(self, config: MethodConfig) -> None:
-        self.config = config
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            for arg in get_args(base):
+                if isinstance(arg, type) and issubclass(arg, MethodConfig):
+                    cls.Config = arg
+
+    def __init__(self, config: ConfigT) -> None:
+        self.config: ConfigT = config
 
     @classmethod
     def parse_config(cls, raw: Mapping[str, Any]) -> MethodConfig:
-        """Validate a config dict; errors are located under ``config``."""
+        """Validate a config dict into ``Config``; errors are located under ``config``."""
         try:
             return cls.Config.model_validate(dict(raw))
         except ValidationError as exc:
@@ -421,19 +460,19 @@ class Mixer(ABC):
                 [ErrorItem(("config", *e["loc"]), e["msg"]) for e in exc.errors()],
             ) from exc
 
-    def check_space(self, space: DomainSpace) -> None:  # noqa: B027 - optional hook
+    @classmethod
+    def from_config(cls, raw: Mapping[str, Any]) -> Self:
+        """The mixer for a raw config dict (``InvalidInput`` under ``config`` if it is bad)."""
+        config: Any = cls.parse_config(raw)  # an instance of cls.Config, i.e. of ConfigT
+        return cls(config)
+
+    def complete_config(self, setup: ExperimentSetup) -> ConfigT:
+        """The config completed from the experiment it is created for (stored with it).
+
+        Called once, at creation; by default the config as given. ``InvalidInput`` when the
+        config contradicts the experiment.
+        """
+        return self.config
+
+    def check_space(self, space: DomainSpace) -> None:
         """Checks that need the domains too (e.g. fixed weights); raise ``InvalidInput``."""
-
-
-class OfflineMixer(Mixer):
-    mode: ClassVar[Mode] = "offline"
-
-    @abstractmethod
-    def propose(
-        self,
-        space: DomainSpace,
-        history: Sequence[Observation],
-        count: int,
-        rng: np.random.Generator,
-    ) -> list[Proposal]:
-        """Design ``count`` new mixtures given every run of the experiment so far."""

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from mixers.base import SUM_TOLERANCE, DomainSpace, Observation, OfflineMixer, Proposal
+from mixers.base import SUM_TOLERANCE, DomainSpace, Observation, Proposal
+from mixers.offline.base import OfflineMixer
 
 __all__ = ["assert_valid_mixtures", "check_offline_mixer"]
 
@@ -48,7 +49,7 @@ def assert_valid_mixtures(space: DomainSpace, proposals: list[Proposal], count: 
 
 
 def check_offline_mixer(
-    mixer_cls: type[OfflineMixer], config_dict: Mapping[str, Any], space: DomainSpace
+    mixer_cls: type[OfflineMixer[Any]], config_dict: Mapping[str, Any], space: DomainSpace
 ) -> None:
     """The conformance check of an offline method on one space.
 
@@ -57,15 +58,14 @@ def check_offline_mixer(
     proposals back as history, and mutates neither the space nor the history.
     """
     assert mixer_cls.mode == "offline", f"{mixer_cls.__name__} is not an offline method"
-    config = mixer_cls.parse_config(config_dict)
-    mixer = mixer_cls(config)
+    mixer = mixer_cls.from_config(config_dict)
     mixer.check_space(space)
     frozen = [a.copy() for a in (space.prior, space.lower, space.upper)]
 
     for count in (1, 8):
         proposals = mixer.propose(space, [], count, np.random.default_rng(0))
         assert_valid_mixtures(space, proposals, count)
-        again = mixer_cls(mixer_cls.parse_config(config_dict)).propose(
+        again = mixer_cls.from_config(config_dict).propose(
             space, [], count, np.random.default_rng(0)
         )
         assert len(again) == len(proposals)

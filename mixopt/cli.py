@@ -1065,6 +1065,7 @@ def backtest(
     from rich.table import Table
 
     from mixers import DomainSpace
+    from mixers.backtest import BacktestPlan
     from mixers.backtest import backtest as run_backtest
     from mixopt.errors import MixoptError
 
@@ -1129,13 +1130,15 @@ def backtest(
                 weights,
                 y,
                 [row.external_id for row in rows],
-                models=model or None,
-                sizes=size or None,
-                designs=design or ["stored"],
-                reference_model=reference_model,
+                BacktestPlan(
+                    models=model or None,
+                    sizes=size or None,
+                    designs=design or ["stored"],
+                    reference_model=reference_model,
+                    progress=report,
+                ),
                 direction="maximize" if maximize else "minimize",
                 seed=seed,
-                progress=report,
             )
         except MixoptError as exc:
             raise _fail(str(exc)) from None
@@ -1166,8 +1169,8 @@ def backtest(
     out.print(table)
     ref = result.reference
     out.print(
-        f"reference: {ref['model']} on all {result.n_runs} runs, cv spearman "
-        f"{_number(ref['cv_spearman'], 3)}, its recommendation judged {ref['judged']:.4f}; "
+        f"reference: {ref.model} on all {result.n_runs} runs, cv spearman "
+        f"{_number(ref.cv_spearman, 3)}, its recommendation judged {ref.judged:.4f}; "
         f"{result.seconds:.0f} s"
     )
     if json_out is not None:

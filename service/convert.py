@@ -1,12 +1,29 @@
-"""Store records -> wire schemas."""
+"""Store records and the mixers' results -> wire schemas: the only place that maps them."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import Any
+
+from mixers import DomainSpace
+from mixers.backtest import Backtest
+from mixers.fitting import Fit
+from mixers.recommendation import Prediction, Recommendation
 from mixopt import schemas
 from service.store import ExperimentRecord, PointRecord, RunRecord, TokenRecord
 from service.store.base import FitRecord, WeightsRecord
 
-__all__ = ["experiment_out", "fit_out", "point_out", "run_out", "token_out", "weights_out"]
+__all__ = [
+    "backtest_out",
+    "experiment_out",
+    "fit_out",
+    "fit_report",
+    "point_out",
+    "recommendation_out",
+    "run_out",
+    "token_out",
+    "weights_out",
+]
 
 
 def experiment_out(record: ExperimentRecord) -> schemas.Experiment:
@@ -81,4 +98,56 @@ def weights_out(record: WeightsRecord) -> schemas.Weights:
         step=record.step,
         train_steps=record.train_steps,
         phase=record.phase,
+    )
+
+
+def fit_report(fit: Fit) -> dict[str, Any]:
+    """The FitReport fields a fit determines (not ``id``/``fitted_at``), as stored."""
+    return {
+        "model": fit.model,
+        "requested": fit.requested,
+        "n_runs": fit.n_runs,
+        "cv": asdict(fit.cv),
+        "candidates": [asdict(c) for c in fit.candidates],
+        "importance": dict(fit.importance),
+        "noise": asdict(fit.noise),
+        "oof": [asdict(o) for o in fit.oof],
+    }
+
+
+def _predicted(prediction: Prediction) -> schemas.Predicted:
+    return schemas.Predicted(value=prediction.value, low=prediction.low, high=prediction.high)
+
+
+def recommendation_out(space: DomainSpace, rec: Recommendation) -> schemas.Recommendation:
+    """A fit's recommendation (without its ``fit_id``, which the store gives)."""
+    return schemas.Recommendation(
+        weights=space.to_dict(rec.weights),
+        params=dict(rec.params),
+        predicted=_predicted(rec.predicted),
+        baseline=None
+        if rec.baseline is None
+        else schemas.Baseline(
+            weights=space.to_dict(rec.baseline.weights),
+            params=dict(rec.baseline.params),
+            predicted=_predicted(rec.baseline.predicted),
+        ),
+        p_better_than_baseline=rec.p_better_than_baseline,
+        alternatives=[
+            schemas.Alternative(
+                weights=space.to_dict(alt.weights),
+                params=dict(alt.params),
+                predicted=_predicted(alt.predicted),
+            )
+            for alt in rec.alternatives
+        ],
+        model=rec.model,
+        n_runs=rec.n_runs,
+        search={k: v for k, v in asdict(rec.search).items() if v is not None},
+    )
+
+
+def backtest_out(result: Backtest, experiment_id: str) -> schemas.BacktestReport:
+    return schemas.BacktestReport.model_validate(
+        {**result.to_dict(), "experiment_id": experiment_id}
     )

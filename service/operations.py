@@ -1,7 +1,8 @@
 """Application logic between the routes and the store: where the mixers meet the stored runs.
 
 Routes parse and serialise; the store persists; this module validates what needs the experiment's
-domains (mixtures, configs) and calls the method registry.
+domains (mixtures, configs) and calls the mixers through their interface. It names no method:
+a new one is a module in ``mixers`` and its registration.
 """
 
 from __future__ import annotations
@@ -9,31 +10,32 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import pickle
 import secrets
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
-from mixers import DomainSpace, Observation, OfflineMixer, fitting, get_method
-from mixers.backtest import backtest as run_backtest
-from mixers.base import MethodConfig, Mixer
-from mixers.offline import quadmix
-from mixers.offline.quadmix import QuadMixConfig, QuadMixParams
+from mixers import DomainSpace, ExperimentSetup, Observation, RunSummary, methods
+from mixers.backtest import BacktestPlan
+from mixers.fitting import Fit
+from mixers.offline.base import OfflineMixer
 from mixers.online import Feedback, OnlineMixer
+from mixers.persistence import FIT_FORMAT, dump_fit, load_fit
+from mixers.registry import get_method, offline_method, online_method
 from mixopt import schemas
-from mixopt.errors import Conflict, ErrorItem, Gone, InvalidInput, NotFound
-from service.convert import fit_out
+from mixopt.errors import Conflict, ErrorItem, Gone, InvalidInput
+from service.convert import backtest_out, fit_out, fit_report, recommendation_out
 from service.store import ExperimentRecord, NewExperiment, NewRun, RunRecord, Store
 from service.store.base import StaleVersion, WeightsRecord
 
 __all__ = ["Operations", "objective_value", "space_of"]
 
-QUADMIX_CANDIDATES = 20_000
-"""Joint candidates a quadmix fit scores (about 2 s with a 1000-tree model)."""
+log = logging.getLogger("mixopt.service")
+
 MAX_BACKTEST_FITS = 200
 """Fits one backtest request may make (each takes up to a few seconds)."""
 ONLINE_DEFAULT_OBJECTIVE = {"metrics": {"eval_loss/mean": 1.0}, "direction": "minimize"}
@@ -57,16 +59,18 @@ def space_of(experiment: ExperimentRecord) -> DomainSpace:
     )
 
 
-def _mixer(experiment: ExperimentRecord) -> tuple[Mixer, MethodConfig]:
-    cls = get_method(experiment.mode, experiment.method)  # type: ignore[arg-type]
-    config = cls.parse_config(experiment.config)
-    return cls(config), config
+def _offline_mixer(experiment: ExperimentRecord) -> OfflineMixer[Any]:
+    return offline_method(experiment.method).from_config(experiment.config)
+
+
+def _online_mixer(experiment: ExperimentRecord) -> OnlineMixer[Any]:
+    return online_method(experiment.method).from_config(experiment.config)
 
 
 class Operations:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._results: dict[str, fitting.FitResult] = {}
+        self._fits: dict[str, Fit] = {}
 
     # --- experiments ---
 
@@ -80,22 +84,12 @@ class Operations:
         try:
             cls = get_method(body.mode, body.method)
         except KeyError:
-            known = sorted(m.name for m in _methods_of(body.mode))
+            known = sorted(m.name for m in methods() if m.mode == body.mode)
             raise InvalidInput.at(
                 ("method",),
                 f"unknown {body.mode} method {body.method!r}; known: {', '.join(known) or 'none'}",
             ) from None
-        config = cls.parse_config(body.config)
-        self._resolve_reference_run(config)
-        if config.seed is None:
-            # Stored, so that every later proposal is reproducible from the experiment alone.
-            config.seed = secrets.randbelow(2**31)
-        space = DomainSpace.from_domains(
-            [d.model_dump() for d in body.domains],
-            train_tokens=config.train_tokens,
-            max_epochs=config.max_epochs,
-        )
-        cls(config).check_space(space)
+        mixer = cls.from_config(body.config)
         if body.objective is not None:
             objective = body.objective.model_dump()
         elif body.mode == "online":
@@ -104,18 +98,17 @@ class Operations:
             raise InvalidInput.at(
                 ("objective",), "offline experiments need an objective: the metrics to optimise"
             )
-        if "direction" in type(config).model_fields:
-            # Methods that fit the history (rounds, bayes) optimise in the objective's direction:
-            # taken from it, or checked against it when the config names one.
-            wanted = objective.get("direction", "minimize")
-            if "direction" not in body.config:
-                config.direction = wanted  # type: ignore[attr-defined]
-            elif config.direction != wanted:  # type: ignore[attr-defined]
-                raise InvalidInput.at(
-                    ("config", "direction"),
-                    f"config.direction {config.direction!r} contradicts the objective's "  # type: ignore[attr-defined]
-                    f"direction {wanted!r}; leave it out to follow the objective",
-                )
+        setup = ExperimentSetup(direction=objective["direction"], find_run=self._run_summary)
+        config = mixer.complete_config(setup)
+        if config.seed is None:
+            # Stored, so that every later proposal is reproducible from the experiment alone.
+            config = config.model_copy(update={"seed": secrets.randbelow(2**31)})
+        space = DomainSpace.from_domains(
+            [d.model_dump() for d in body.domains],
+            train_tokens=config.train_tokens,
+            max_epochs=config.max_epochs,
+        )
+        cls(config).check_space(space)
         domains = [
             {
                 "name": name,
@@ -144,23 +137,11 @@ class Operations:
             )
         )
 
-    def _resolve_reference_run(self, config: MethodConfig) -> None:
-        """DoReMi's ``reference_run``: its final eval losses become ``reference_losses``, stored
-        with the experiment, so every later update uses the same reference."""
-        run_id = getattr(config, "reference_run", None)
-        if run_id is None or getattr(config, "reference_losses", None) is not None:
-            return
-        loc = ("config", "reference_run")
-        try:
-            run = self.store.get_run(run_id)
-        except NotFound:
-            raise InvalidInput.at(loc, f"run {run_id!r} not found") from None
-        if run.status != "completed":
-            raise InvalidInput.at(loc, f"run {run_id} is {run.status}, not completed")
+    def _run_summary(self, run_id: str) -> RunSummary:
+        """What a method may read of another run (DoReMi's reference run)."""
+        run = self.store.get_run(run_id)
         losses = (self.store.last_feedback(run_id) or {}).get("eval_losses") or {}
-        if not losses:
-            raise InvalidInput.at(loc, f"run {run_id} reported no eval_losses")
-        config.reference_losses = dict(losses)  # type: ignore[attr-defined]
+        return RunSummary(status=run.status, eval_losses=dict(losses))
 
     # --- offline runs ---
 
@@ -181,13 +162,12 @@ class Operations:
             earlier = self.store.runs_for_request(experiment_id, request.request_id)
             if earlier is not None:
                 return earlier
-        mixer, config = _mixer(experiment)
-        assert isinstance(mixer, OfflineMixer)
+        mixer = _offline_mixer(experiment)
         space = space_of(experiment)
         history = self.history(experiment, space)
         # Seeded by the experiment and the number of runs so far: the same sequence of calls
         # gives the same designs, and successive calls give new ones.
-        rng = np.random.default_rng([config.seed or 0, len(history)])
+        rng = np.random.default_rng([mixer.config.seed or 0, len(history)])
         proposals = mixer.propose(space, history, request.count, rng)
         new_runs = [
             NewRun(weights=space.to_dict(p.weights), params=dict(p.params)) for p in proposals
@@ -195,24 +175,17 @@ class Operations:
         return self.store.add_runs(experiment_id, new_runs, request.request_id)
 
     def history(self, experiment: ExperimentRecord, space: DomainSpace) -> list[Observation]:
-        return [obs for _, obs in self._observed(experiment, space)]
-
-    def _observed(
-        self, experiment: ExperimentRecord, space: DomainSpace
-    ) -> list[tuple[RunRecord, Observation]]:
         """Every run with the mixers' view of it (weights as an array, objective value)."""
         return [
-            (
-                run,
-                Observation(
-                    weights=space.to_array(run.weights),
-                    params=run.params,
-                    objective=objective_value(experiment.objective, run.metrics)
-                    if run.status == "completed"
-                    else None,
-                    status=run.status,
-                    excluded=run.excluded,
-                ),
+            Observation(
+                weights=space.to_array(run.weights),
+                params=run.params,
+                objective=objective_value(experiment.objective, run.metrics)
+                if run.status == "completed"
+                else None,
+                status=run.status,
+                excluded=run.excluded,
+                run_id=run.id,
             )
             for run in self.store.iter_runs(experiment.id)
         ]
@@ -239,19 +212,15 @@ class Operations:
             return self._start_online_run(experiment, body)
         return self._import_run(experiment, body)
 
-    def import_run(self, experiment_id: str, body: schemas.RunImport) -> tuple[RunRecord, bool]:
-        return self._import_run(self._offline(experiment_id), body)
-
     def _import_run(
         self, experiment: ExperimentRecord, body: schemas.RunImport
     ) -> tuple[RunRecord, bool]:
         space = space_of(experiment)
         space.validate_weights(body.weights, loc=("body", "weights"))
-        _, config = _mixer(experiment)
-        if isinstance(config, QuadMixConfig):  # the fit reads them: refuse bad ones now
-            QuadMixParams.from_params(
-                body.params, space.names, config.quality_scores, loc=("body", "params")
-            )
+        try:
+            _offline_mixer(experiment).check_params(space, body.params)
+        except InvalidInput as exc:
+            raise exc.prefixed("body") from None
         return self.store.import_run(
             experiment.id,
             NewRun(
@@ -282,129 +251,88 @@ class Operations:
         CPU-bound: the route runs it in the thread pool, off the event loop.
         """
         experiment = self._offline(experiment_id)
-        _, config = _mixer(experiment)
+        mixer = _offline_mixer(experiment)
         space = space_of(experiment)
-        usable = self._usable(experiment, space)
-        direction = experiment.objective.get("direction", "minimize")
-        seed = config.seed or 0
-        features, names = _features(
-            config,
-            space,
-            np.array([obs.weights for _, obs in usable]),
-            [obs.params for _, obs in usable],
-            loc=("runs",),
-        )
-        result = fitting.fit_model(
-            features,
-            np.array([obs.objective for _, obs in usable], dtype=float),
-            [run_id for run_id, _ in usable],
-            model=body.model,
-            names=names,
-            seed=seed,
-            direction=direction,
-        )
-        rng = np.random.default_rng([seed, len(usable)])
-        if isinstance(config, QuadMixConfig):
-            recommendation = _recommend_quadmix(space, config, result, rng)
-        else:
-            # Bounded in time: a tree ensemble scores far fewer candidates per second than a
-            # linear model, so the search scores as many as fit in the budget.
-            recommendation = fitting.recommend(space, result, rng, max_seconds=3.0)
-        report = result.report()
+        history = self.history(experiment, space)
+        try:
+            fit = mixer.fit(space, history, body.model, direction=experiment.objective["direction"])
+        except InvalidInput as exc:
+            raise exc.prefixed("body") from None
+        rng = np.random.default_rng([mixer.config.seed or 0, fit.n_runs])
+        recommendation = recommendation_out(space, mixer.recommend(space, fit, rng))
+        try:
+            blob: bytes | None = dump_fit(fit)
+        except TypeError as exc:  # a plug-in regressor without to_state()
+            log.warning("fit of experiment %s is stored without its model: %s", experiment_id, exc)
+            blob = None
         record = self.store.add_fit(
             experiment.id,
-            model=result.model,
+            model=fit.model,
             requested=body.model,
-            n_runs=result.n_runs,
-            report=report,
-            recommendation=recommendation,
-            blob=pickle.dumps(result),
+            n_runs=fit.n_runs,
+            report=fit_report(fit),
+            recommendation=recommendation.model_dump(mode="json", exclude={"fit_id", "run_id"}),
+            blob=blob,
         )
         return fit_out(record)
-
-    def _usable(
-        self, experiment: ExperimentRecord, space: DomainSpace
-    ) -> list[tuple[str, Observation]]:
-        """The runs a fit learns from, oldest first; ``Conflict`` when there are too few."""
-        usable = [
-            (run.id, obs)
-            for run, obs in self._observed(experiment, space)
-            if obs.status == "completed" and not obs.excluded and obs.objective is not None
-        ]
-        if len(usable) < fitting.MIN_RUNS:
-            raise Conflict(
-                f"fewer than {fitting.MIN_RUNS} usable runs (completed, not excluded, with "
-                f"every objective metric): {len(usable)}"
-            )
-        return usable
 
     def backtest(self, experiment_id: str, body: schemas.BacktestRequest) -> schemas.BacktestReport:
         """Replay the experiment's usable runs (``mixers.backtest``); CPU-bound, stores nothing."""
         experiment = self._offline(experiment_id)
-        _, config = _mixer(experiment)
-        if isinstance(config, QuadMixConfig):
-            raise Conflict(
-                "backtest replays mixtures alone; a quadmix experiment's runs also differ by "
-                "their sampling parameters"
-            )
+        mixer = _offline_mixer(experiment)
         space = space_of(experiment)
-        usable = self._usable(experiment, space)
-        result = run_backtest(
-            space,
-            np.array([obs.weights for _, obs in usable]),
-            np.array([obs.objective for _, obs in usable], dtype=float),
-            [run_id for run_id, _ in usable],
+        plan = BacktestPlan(
             models=body.models,
             sizes=body.sizes,
             designs=body.designs,
             reference_model=body.reference_model,
-            direction=experiment.objective.get("direction", "minimize"),
-            seed=config.seed or 0,
             max_fits=MAX_BACKTEST_FITS,
         )
-        return schemas.BacktestReport.model_validate(
-            {**result.to_dict(), "experiment_id": experiment.id}
-        )
+        try:
+            result = mixer.backtest(
+                space,
+                self.history(experiment, space),
+                plan,
+                direction=experiment.objective["direction"],
+            )
+        except InvalidInput as exc:
+            raise exc.prefixed("body") from None
+        return backtest_out(result, experiment.id)
 
     def predict(self, experiment_id: str, body: schemas.PredictRequest) -> list[schemas.Predicted]:
         experiment = self._offline(experiment_id)
-        _, config = _mixer(experiment)
+        mixer = _offline_mixer(experiment)
         space = space_of(experiment)
-        mixtures = np.array(
+        weights = np.array(
             [
                 space.validate_weights(m.weights, loc=("body", "mixtures", i, "weights"))
                 for i, m in enumerate(body.mixtures)
             ]
         )
-        features, _ = _features(
-            config, space, mixtures, [m.params for m in body.mixtures], loc=("body", "mixtures")
-        )
-        result = self._latest_result(experiment_id)
-        value, low, high = fitting.predict(result, features)
-        return [
-            schemas.Predicted(value=float(v), low=float(lo), high=float(hi))
-            for v, lo, hi in zip(value, low, high, strict=True)
-        ]
+        try:
+            features = mixer.features(space, weights, [m.params for m in body.mixtures])
+        except InvalidInput as exc:
+            raise exc.prefixed("body", "mixtures") from None
+        predictions = mixer.predict(self._latest_fit(experiment_id), features)
+        return [schemas.Predicted(value=p.value, low=p.low, high=p.high) for p in predictions]
 
-    def _latest_result(self, experiment_id: str) -> fitting.FitResult:
+    def _latest_fit(self, experiment_id: str) -> Fit:
         latest = self.store.latest_fit(experiment_id)
         if latest is None or latest[1] is None:
             raise Conflict(f"experiment {experiment_id} has no fit yet: POST .../fit first")
-        fit, blob = latest
-        assert blob is not None
-        cached = self._results.get(fit.id)
+        record, blob = latest[0], latest[1]
+        cached = self._fits.get(record.id)
         if cached is None:
-            # Blobs are written only by this service (never uploaded), so unpickling is safe.
-            cached = pickle.loads(blob)
-            self._results = {fit.id: cached}  # the latest fit per process is what is asked
+            if blob[:1] == pickle.PROTO:  # stored by an earlier version: never unpickled
+                raise Conflict(
+                    f"fit {record.id} was stored by an earlier mixopt as a pickle, which this "
+                    f"version does not load ({FIT_FORMAT} only): POST .../fit again"
+                )
+            cached = load_fit(blob)
+            self._fits = {record.id: cached}  # the latest fit per process is what is asked
         return cached
 
     # --- online runs ---
-
-    def _online_mixer(self, experiment: ExperimentRecord) -> tuple[OnlineMixer, MethodConfig]:
-        mixer, config = _mixer(experiment)
-        assert isinstance(mixer, OnlineMixer)
-        return mixer, config
 
     def start_online_run(
         self, experiment_id: str, body: schemas.OnlineRunCreate
@@ -421,9 +349,9 @@ class Operations:
         self, experiment: ExperimentRecord, body: schemas.OnlineRunCreate
     ) -> tuple[RunRecord, bool]:
         experiment_id = experiment.id
-        mixer, config = self._online_mixer(experiment)
+        mixer = _online_mixer(experiment)
         space = space_of(experiment)
-        state = mixer.init_state(space, config.seed or 0)
+        state = mixer.init_state(space, mixer.config.seed or 0)
         decision = mixer.decide(space, state)
         return self.store.start_online_run(
             experiment_id,
@@ -457,8 +385,7 @@ class Operations:
             if current.frozen:
                 raise Conflict(f"run {run_id} is completed; its mixer state is frozen")
             space = space_of(experiment)
-            _check_domains(space, body, experiment.method)
-            mixer, _ = self._online_mixer(experiment)
+            mixer = _online_mixer(experiment)
             feedback = Feedback(
                 step=body.step,
                 train_losses=body.train_losses,
@@ -466,6 +393,10 @@ class Operations:
                 tokens=body.tokens,
                 version=body.version,
             )
+            try:
+                mixer.check_feedback(space, feedback)
+            except InvalidInput as exc:
+                raise exc.prefixed("body") from None
             state = mixer.observe(space, current.state, feedback)
             decision = mixer.decide(space, state)
             try:
@@ -510,102 +441,12 @@ class Operations:
         if not runs:
             raise Conflict(f"experiment {experiment.id} has no completed training run yet")
         latest = max(runs, key=lambda r: r.updated_at)
-        mixer, _ = self._online_mixer(experiment)
+        mixer = _online_mixer(experiment)
         space = space_of(experiment)
         state = self.store.online_state(latest.id).state
         return schemas.Recommendation(
             weights=space.to_dict(mixer.recommend(space, state)), run_id=latest.id
         )
-
-
-def _features(
-    config: MethodConfig,
-    space: DomainSpace,
-    weights: np.ndarray,
-    params: Sequence[Mapping[str, Any]],
-    *,
-    loc: tuple[str | int, ...],
-) -> tuple[np.ndarray, list[str]]:
-    """What the regressor sees of each run, and the features' names: the weights alone, or for
-    ``quadmix`` the weights and the encoded sampling parameters (``mixers.quadmix``)."""
-    if not isinstance(config, QuadMixConfig):
-        return weights, list(space.names)
-    parsed = [
-        QuadMixParams.from_params(p, space.names, config.quality_scores, loc=(*loc, i, "params"))
-        for i, p in enumerate(params)
-    ]
-    return (
-        quadmix.joint_features(space, weights, parsed),
-        quadmix.joint_feature_names(space, config.quality_scores),
-    )
-
-
-def _recommend_quadmix(
-    space: DomainSpace,
-    config: QuadMixConfig,
-    result: fitting.FitResult,
-    rng: np.random.Generator,
-) -> dict[str, Any]:
-    """QuaDMix's search over weights and sampling parameters; no baseline (the paper has no
-    neutral parameter set to compare with), no alternatives."""
-    started = time.perf_counter()
-    joint = quadmix.recommend_joint(
-        space,
-        result.estimator.predict,
-        rng,
-        score_names=config.quality_scores,
-        candidates=QUADMIX_CANDIDATES,
-        direction=result.direction,
-        ranges=config.param_ranges(),
-    )
-    features = quadmix.joint_features(space, joint.weights[None, :], [joint.params])
-    value, low, high = fitting.predict(result, features)
-    return {
-        "weights": space.to_dict(joint.weights),
-        "params": joint.params.to_params(),
-        "predicted": {"value": float(value[0]), "low": float(low[0]), "high": float(high[0])},
-        "baseline": None,
-        "p_better_than_baseline": None,
-        "alternatives": [],
-        "model": result.model,
-        "n_runs": result.n_runs,
-        "search": {
-            "candidates": joint.candidates,
-            "top_k": joint.top_k,
-            "seconds": round(time.perf_counter() - started, 4),
-            "trust_region": False,
-        },
-    }
-
-
-def _check_domains(space: DomainSpace, body: schemas.Feedback, method: str) -> None:
-    known = set(space.names)
-    if method == "aioli":
-        # Aioli estimates how each domain's held-out loss moves: it needs every one of them.
-        missing = [name for name in space.names if name not in body.eval_losses]
-        if missing:
-            raise InvalidInput.at(
-                ("body", "eval_losses"),
-                f"aioli needs eval_losses for every domain; missing: {', '.join(missing)}",
-            )
-    errors = [
-        ErrorItem(("body", field, name), f"unknown domain {name!r}")
-        for field, values in (
-            ("train_losses", body.train_losses),
-            ("eval_losses", body.eval_losses),
-            ("tokens", body.tokens),
-        )
-        for name in values
-        if name not in known
-    ]
-    if errors:
-        raise InvalidInput("feedback names domains the experiment does not have", errors)
-
-
-def _methods_of(mode: str) -> list[type[Mixer]]:
-    from mixers import methods
-
-    return [m for m in methods() if m.mode == mode]
 
 
 def _csv_rows(experiment: ExperimentRecord, runs: Sequence[RunRecord]) -> Iterator[str]:

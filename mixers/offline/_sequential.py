@@ -11,21 +11,33 @@ import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import Field
 
-from mixers.base import DomainSpace, FloatArray, Observation, Proposal
+from mixers.base import (
+    Direction,
+    DomainSpace,
+    ExperimentSetup,
+    FloatArray,
+    MethodConfig,
+    Observation,
+    Proposal,
+)
 from mixers.fitting import MIN_RUNS, fit_model
+from mixers.offline.base import OfflineMixer
 from mixers.offline.regmix import RegMixConfig, dirichlet_design
 from mixers.regressors import make_regressor, regressor_names
 from mixers.search import Scorer
-from mixopt.errors import Conflict
+from mixopt.errors import Conflict, InvalidInput
 
 __all__ = [
     "DIRECTION_DESCRIPTION",
     "DISTINCT_L1",
     "FIT_ERRORS",
+    "DirectedConfig",
+    "SequentialMixer",
     "can_fit",
     "check_model_name",
     "fill",
@@ -49,6 +61,30 @@ DISTINCT_L1 = 1e-5
 FIT_ERRORS = (ArithmeticError, ValueError, RuntimeError, np.linalg.LinAlgError, Conflict)
 """A fit that fails with one of these (degenerate data, no model converging) falls back to the
 design: a proposal request should not fail because a surrogate could not be fitted."""
+
+
+class DirectedConfig(MethodConfig):
+    direction: Direction = Field(default="minimize", description=DIRECTION_DESCRIPTION)
+
+
+DirectedT = TypeVar("DirectedT", bound=DirectedConfig)
+
+
+class SequentialMixer(OfflineMixer[DirectedT]):
+    """An offline method that fits its history: it optimises in the objective's direction."""
+
+    def complete_config(self, setup: ExperimentSetup) -> DirectedT:
+        """``direction`` taken from the objective, or checked against it when given."""
+        config = self.config
+        if "direction" not in config.model_fields_set:
+            return config.model_copy(update={"direction": setup.direction})
+        if config.direction != setup.direction:
+            raise InvalidInput.at(
+                ("config", "direction"),
+                f"config.direction {config.direction!r} contradicts the objective's "
+                f"direction {setup.direction!r}; leave it out to follow the objective",
+            )
+        return config
 
 
 def check_model_name(value: str) -> str:

@@ -33,18 +33,16 @@ from pydantic import Field, field_validator
 from scipy.stats import norm
 
 from mixers.base import (
-    Direction,
     DomainSpace,
     FloatArray,
-    MethodConfig,
     Observation,
-    OfflineMixer,
     Proposal,
 )
 from mixers.fitting import MIN_RUNS
 from mixers.offline._sequential import (
-    DIRECTION_DESCRIPTION,
     DISTINCT_L1,
+    DirectedConfig,
+    SequentialMixer,
     check_model_name,
     fill,
     fit_surrogate,
@@ -122,7 +120,7 @@ def check_std_model(value: str) -> str:
     return value
 
 
-class BayesConfig(MethodConfig):
+class BayesConfig(DirectedConfig):
     initial_runs: int = Field(
         default=32,
         ge=1,
@@ -136,7 +134,6 @@ class BayesConfig(MethodConfig):
         default="gp",
         description="surrogate: a regressor of POST /fit with a predictive std ('gp')",
     )
-    direction: Direction = Field(default="minimize", description=DIRECTION_DESCRIPTION)
     xi: float = Field(
         default=0.0,
         ge=0,
@@ -160,14 +157,13 @@ class BayesConfig(MethodConfig):
 
 
 @register
-class BayesMixer(OfflineMixer):
+class BayesMixer(SequentialMixer[BayesConfig]):
     name: ClassVar[str] = "bayes"
     description: ClassVar[str] = (
         "Batch Bayesian optimisation: RegMix's design first, then a Gaussian process on the "
         "runs so far and batches of mixtures chosen by expected improvement with local "
         "penalisation (ADMIRE-BayesOpt-style, single fidelity)."
     )
-    Config: ClassVar[type[MethodConfig]] = BayesConfig
 
     def propose(
         self,
@@ -177,7 +173,6 @@ class BayesMixer(OfflineMixer):
         rng: np.random.Generator,
     ) -> list[Proposal]:
         cfg = self.config
-        assert isinstance(cfg, BayesConfig)
         return fitted_or_designed(
             self.name,
             space,
@@ -198,7 +193,6 @@ class BayesMixer(OfflineMixer):
         rng: np.random.Generator,
     ) -> FloatArray:
         cfg = self.config
-        assert isinstance(cfg, BayesConfig)
         sign = 1.0 if cfg.direction == "minimize" else -1.0
         estimator, _ = fit_surrogate(X, y, cfg.model, space.names, int(rng.integers(2**31 - 1)))
 

@@ -8,7 +8,8 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
-from mixers.base import DomainSpace, MethodConfig, Observation, OfflineMixer, Proposal
+from mixers.base import DomainSpace, MethodConfig, Observation, Proposal
+from mixers.offline.base import OfflineMixer
 from mixers.registry import register
 
 __all__ = ["FixedConfig", "FixedMixer", "check_fixed_weights"]
@@ -20,20 +21,18 @@ class FixedConfig(MethodConfig):
     )
 
 
-def check_fixed_weights(config: MethodConfig, space: DomainSpace) -> None:
+def check_fixed_weights(config: FixedConfig, space: DomainSpace) -> None:
     """The given mixture must be one of the space's (shared by the offline and online ``fixed``)."""
-    assert isinstance(config, FixedConfig)
     space.validate_weights(config.weights, loc=("config", "weights"), enforce_bounds=True)
 
 
 @register
-class FixedMixer(OfflineMixer):
+class FixedMixer(OfflineMixer[FixedConfig]):
     name: ClassVar[str] = "fixed"
     description: ClassVar[str] = (
         "Train one given mixture: every proposal is a replicate of config.weights. Use it for "
         "a baseline, or to measure run-to-run noise."
     )
-    Config: ClassVar[type[MethodConfig]] = FixedConfig
 
     def check_space(self, space: DomainSpace) -> None:
         check_fixed_weights(self.config, space)
@@ -45,6 +44,5 @@ class FixedMixer(OfflineMixer):
         count: int,
         rng: np.random.Generator,
     ) -> list[Proposal]:
-        assert isinstance(self.config, FixedConfig)
         weights = space.to_array(self.config.weights)
         return [Proposal(weights.copy()) for _ in range(count)]

@@ -15,7 +15,8 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field, model_validator
 
-from mixers.base import DomainSpace, FloatArray, MethodConfig, Observation, OfflineMixer, Proposal
+from mixers.base import DomainSpace, FloatArray, MethodConfig, Observation, Proposal
+from mixers.offline.base import OfflineMixer
 from mixers.registry import register
 from mixers.sampling import distinct_rows, strength_ladder, swarm_centre, swarm_dirichlet
 
@@ -166,13 +167,12 @@ def _cover_small_domains(
 
 
 @register
-class RegMixMixer(OfflineMixer):
+class RegMixMixer(OfflineMixer[RegMixConfig]):
     name: ClassVar[str] = "regmix"
     description: ClassVar[str] = (
         "RegMix: many small proxy runs on Dirichlet mixtures around the token prior, a regressor "
         "from mixture to loss, and the recommended mixture from a search over the fitted model."
     )
-    Config: ClassVar[type[MethodConfig]] = RegMixConfig
 
     def propose(
         self,
@@ -181,7 +181,6 @@ class RegMixMixer(OfflineMixer):
         count: int,
         rng: np.random.Generator,
     ) -> list[Proposal]:
-        assert isinstance(self.config, RegMixConfig)
         existing = np.array([obs.weights for obs in history]).reshape(-1, space.k)
         design = dirichlet_design(space, count, rng, self.config, existing)
         return [Proposal(row) for row in design]

@@ -32,17 +32,15 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from mixers.base import (
-    Direction,
     DomainSpace,
     FloatArray,
-    MethodConfig,
     Observation,
-    OfflineMixer,
     Proposal,
 )
 from mixers.offline._sequential import (
-    DIRECTION_DESCRIPTION,
     DISTINCT_L1,
+    DirectedConfig,
+    SequentialMixer,
     check_model_name,
     fill,
     fit_surrogate,
@@ -90,7 +88,7 @@ def search_optimum(
     return np.asarray(search.pool.rows[0], dtype=float)
 
 
-class RoundsConfig(MethodConfig):
+class RoundsConfig(DirectedConfig):
     rounds: list[int] = Field(
         default=[64, 32, 32],
         min_length=1,
@@ -109,7 +107,6 @@ class RoundsConfig(MethodConfig):
             "'mixing_law', 'lightgbm') or 'auto' (cross-validated choice, slower)"
         ),
     )
-    direction: Direction = Field(default="minimize", description=DIRECTION_DESCRIPTION)
     concentration: float = Field(
         default=30.0,
         gt=0,
@@ -164,14 +161,13 @@ def current_round(rounds: Sequence[int], runs: int) -> int:
 
 
 @register
-class RoundsMixer(OfflineMixer):
+class RoundsMixer(SequentialMixer[RoundsConfig]):
     name: ClassVar[str] = "rounds"
     description: ClassVar[str] = (
         "CLIMB-style rounds: RegMix's design first, then each round fits a regressor to the "
         "runs so far and samples the next runs around its predicted optimum, in a neighbourhood "
         "that shrinks round by round."
     )
-    Config: ClassVar[type[MethodConfig]] = RoundsConfig
 
     def propose(
         self,
@@ -181,7 +177,6 @@ class RoundsMixer(OfflineMixer):
         rng: np.random.Generator,
     ) -> list[Proposal]:
         cfg = self.config
-        assert isinstance(cfg, RoundsConfig)
         r = current_round(cfg.rounds, len(history))
         return fitted_or_designed(
             self.name,
@@ -206,7 +201,6 @@ class RoundsMixer(OfflineMixer):
         rng: np.random.Generator,
     ) -> FloatArray:
         cfg = self.config
-        assert isinstance(cfg, RoundsConfig)
         sign = 1.0 if cfg.direction == "minimize" else -1.0
         estimator, _ = fit_surrogate(X, y, cfg.model, space.names, int(rng.integers(2**31 - 1)))
         centre = search_optimum(space, predictor(estimator, sign, cfg.caution), rng, seeds=X)

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from mixers.base import DomainSpace, FloatArray, MethodConfig
+from mixers.base import DomainSpace, FloatArray
 from mixers.online.base import (
     Decision,
     Feedback,
@@ -38,6 +38,7 @@ from mixers.online.base import (
 )
 from mixers.online.odm import clean_losses, play
 from mixers.registry import register
+from mixopt.errors import InvalidInput
 
 __all__ = ["AioliConfig", "AioliMixer", "aioli_update", "estimate_interactions", "sweep_order"]
 
@@ -116,7 +117,7 @@ class AioliConfig(OnlineConfig):
 
 
 @register
-class AioliMixer(OnlineMixer):
+class AioliMixer(OnlineMixer[AioliConfig]):
     name: ClassVar[str] = "aioli"
     description: ClassVar[str] = (
         "Aioli (Chen et al. 2024): each round perturbs the mixture toward every domain in turn "
@@ -124,15 +125,19 @@ class AioliMixer(OnlineMixer):
         "held-out eval_losses (which must cover every domain), then takes an exponentiated-"
         "gradient step and trains on it (phase 'exploit')."
     )
-    Config: ClassVar[type[MethodConfig]] = AioliConfig
 
-    @property
-    def _config(self) -> AioliConfig:
-        assert isinstance(self.config, AioliConfig)
-        return self.config
+    def check_feedback(self, space: DomainSpace, feedback: Feedback) -> None:
+        """Aioli estimates how each domain's held-out loss moves: it needs every one of them."""
+        missing = [name for name in space.names if name not in feedback.eval_losses]
+        if missing:
+            raise InvalidInput.at(
+                ("eval_losses",),
+                f"aioli needs eval_losses for every domain; missing: {', '.join(missing)}",
+            )
+        super().check_feedback(space, feedback)
 
     def _perturbations(self, space: DomainSpace) -> int:
-        return 0 if space.k < 2 else space.k * self._config.lp_rounds
+        return 0 if space.k < 2 else space.k * self.config.lp_rounds
 
     def init_state(self, space: DomainSpace, seed: int) -> State:
         k = space.k
@@ -159,12 +164,12 @@ class AioliMixer(OnlineMixer):
         if segment >= self._perturbations(space):
             return None
         order = sweep_order(
-            int(state.get("seed", 0)), int(state.get("round", 0)), space.k, self._config.lp_rounds
+            int(state.get("seed", 0)), int(state.get("round", 0)), space.k, self.config.lp_rounds
         )
         return order[segment]
 
     def decide(self, space: DomainSpace, state: State) -> Decision:
-        config = self._config
+        config = self.config
         target = self._target(space, state)
         if target is not None:
             return Decision(
@@ -174,10 +179,10 @@ class AioliMixer(OnlineMixer):
 
     def recommend(self, space: DomainSpace, state: State) -> FloatArray:
         """The current ``p`` (the exploit weights), never a perturbation."""
-        return play(space, self._p(space, state), self._config.floor)
+        return play(space, self._p(space, state), self.config.floor)
 
     def observe(self, space: DomainSpace, state: State, feedback: Feedback) -> State:
-        config = self._config
+        config = self.config
         k = space.k
         new = count_round(state, feedback)
         evals = clean_losses(space, feedback.eval_losses)

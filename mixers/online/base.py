@@ -12,11 +12,12 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import Field
 
 from mixers.base import DomainSpace, FloatArray, MethodConfig, Mixer, Mode
+from mixopt.errors import ErrorItem, InvalidInput
 
 __all__ = ["Decision", "Feedback", "OnlineConfig", "OnlineMixer", "State"]
 
@@ -50,7 +51,10 @@ class OnlineConfig(MethodConfig):
     )
 
 
-class OnlineMixer(Mixer):
+OnlineConfigT = TypeVar("OnlineConfigT", bound=OnlineConfig)
+
+
+class OnlineMixer(Mixer[OnlineConfigT]):
     mode: ClassVar[Mode] = "online"
     Config: ClassVar[type[MethodConfig]] = OnlineConfig
 
@@ -65,6 +69,23 @@ class OnlineMixer(Mixer):
     @abstractmethod
     def observe(self, space: DomainSpace, state: State, feedback: Feedback) -> State:
         """A new state with one round of feedback folded in; ``state`` is left untouched."""
+
+    def check_feedback(self, space: DomainSpace, feedback: Feedback) -> None:
+        """Refuse feedback the mixer cannot use: ``InvalidInput`` located relative to the
+        feedback (``("eval_losses", name)``). By default: domains the experiment lacks."""
+        known = set(space.names)
+        errors = [
+            ErrorItem((field, name), f"unknown domain {name!r}")
+            for field, values in (
+                ("train_losses", feedback.train_losses),
+                ("eval_losses", feedback.eval_losses),
+                ("tokens", feedback.tokens),
+            )
+            for name in values
+            if name not in known
+        ]
+        if errors:
+            raise InvalidInput("feedback names domains the experiment does not have", errors)
 
     def recommend(self, space: DomainSpace, state: State) -> FloatArray:
         """Weights to reuse for a fresh run: by default the final weights."""

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from mixers.base import DomainSpace, MethodConfig
+from mixers.base import DomainSpace
 from mixers.offline.fixed import FixedConfig, check_fixed_weights
 from mixers.online.base import (
     Decision,
@@ -30,16 +30,14 @@ class StratifiedConfig(OnlineConfig):
 
 
 @register
-class StratifiedMixer(OnlineMixer):
+class StratifiedMixer(OnlineMixer[StratifiedConfig]):
     name: ClassVar[str] = "stratified"
     description: ClassVar[str] = (
         "Static weights: uniform over the domains (or the prior with config.base = 'prior'), "
         "projected into the bounds. The baseline every online mixer should beat."
     )
-    Config: ClassVar[type[MethodConfig]] = StratifiedConfig
 
     def _weights(self, space: DomainSpace) -> np.ndarray:
-        assert isinstance(self.config, StratifiedConfig)
         raw = space.prior if self.config.base == "prior" else np.full(space.k, 1 / space.k)
         weights: np.ndarray = space.project(raw)[0]
         return weights
@@ -48,7 +46,6 @@ class StratifiedMixer(OnlineMixer):
         return {"rounds": 0, "tokens": {}}
 
     def decide(self, space: DomainSpace, state: State) -> Decision:
-        assert isinstance(self.config, OnlineConfig)
         return Decision(self._weights(space), self.config.segment_steps, "exploit")
 
     def observe(self, space: DomainSpace, state: State, feedback: Feedback) -> State:
@@ -60,10 +57,9 @@ class FixedOnlineConfig(OnlineConfig, FixedConfig):
 
 
 @register
-class FixedOnlineMixer(OnlineMixer):
+class FixedOnlineMixer(OnlineMixer[FixedOnlineConfig]):
     name: ClassVar[str] = "fixed"
     description: ClassVar[str] = "Train on config.weights throughout the run."
-    Config: ClassVar[type[MethodConfig]] = FixedOnlineConfig
 
     def check_space(self, space: DomainSpace) -> None:
         check_fixed_weights(self.config, space)
@@ -72,7 +68,6 @@ class FixedOnlineMixer(OnlineMixer):
         return {"rounds": 0, "tokens": {}}
 
     def decide(self, space: DomainSpace, state: State) -> Decision:
-        assert isinstance(self.config, FixedOnlineConfig)
         return Decision(space.to_array(self.config.weights), self.config.segment_steps, "exploit")
 
     def observe(self, space: DomainSpace, state: State, feedback: Feedback) -> State:

@@ -21,7 +21,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from mixers.base import DomainSpace, FloatArray, MethodConfig
+from mixers.base import DomainSpace, ExperimentSetup, FloatArray
 from mixers.online.base import (
     Decision,
     Feedback,
@@ -32,7 +32,7 @@ from mixers.online.base import (
 )
 from mixers.online.odm import clean_losses, play, softmax
 from mixers.registry import register
-from mixopt.errors import ErrorItem, InvalidInput
+from mixopt.errors import ErrorItem, InvalidInput, NotFound
 
 __all__ = ["DoremiConfig", "DoremiMixer", "doremi_update", "excess_losses"]
 
@@ -85,25 +85,37 @@ class DoremiConfig(OnlineConfig):
 
 
 @register
-class DoremiMixer(OnlineMixer):
+class DoremiMixer(OnlineMixer[DoremiConfig]):
     name: ClassVar[str] = "doremi"
     description: ClassVar[str] = (
         "DoReMi (Xie et al. 2023): exponentiated-gradient steps on the clipped excess loss over "
         "a reference (config.reference_losses or config.reference_run), smoothed toward "
         "uniform; the recommendation is the time-averaged weights."
     )
-    Config: ClassVar[type[MethodConfig]] = DoremiConfig
 
-    @property
-    def _config(self) -> DoremiConfig:
-        assert isinstance(self.config, DoremiConfig)
-        return self.config
+    def complete_config(self, setup: ExperimentSetup) -> DoremiConfig:
+        """``reference_run``: its final eval losses become ``reference_losses``, stored with
+        the experiment, so every later update uses the same reference."""
+        config = self.config
+        run_id = config.reference_run
+        if run_id is None or config.reference_losses is not None:
+            return config
+        loc = ("config", "reference_run")
+        try:
+            run = setup.find_run(run_id)
+        except NotFound:
+            raise InvalidInput.at(loc, f"run {run_id!r} not found") from None
+        if run.status != "completed":
+            raise InvalidInput.at(loc, f"run {run_id} is {run.status}, not completed")
+        if not run.eval_losses:
+            raise InvalidInput.at(loc, f"run {run_id} reported no eval_losses")
+        return config.model_copy(update={"reference_losses": dict(run.eval_losses)})
 
     def check_space(self, space: DomainSpace) -> None:
         """A reference is required (checked here, so that ``{}`` still parses as a config)."""
-        ref = self._config.reference_losses
+        ref = self.config.reference_losses
         if ref is None:
-            if self._config.reference_run is None:
+            if self.config.reference_run is None:
                 raise InvalidInput.at(("config",), "give reference_losses or reference_run")
             return
         errors = [
@@ -139,11 +151,11 @@ class DoremiMixer(OnlineMixer):
         return np.array([float(stored.get(name, 1.0 / space.k)) for name in space.names])
 
     def decide(self, space: DomainSpace, state: State) -> Decision:
-        weights = play(space, self._alpha(space, state), self._config.smoothing)
-        return Decision(weights, self._config.segment_steps, "exploit")
+        weights = play(space, self._alpha(space, state), self.config.smoothing)
+        return Decision(weights, self.config.segment_steps, "exploit")
 
     def observe(self, space: DomainSpace, state: State, feedback: Feedback) -> State:
-        config = self._config
+        config = self.config
         new = count_round(state, feedback)
         played = self.decide(space, state).weights
         summed = state.get("played_sum", {})

@@ -27,7 +27,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from mixers.base import DomainSpace, FloatArray, MethodConfig
+from mixers.base import DomainSpace, FloatArray
 from mixers.online.base import (
     Decision,
     Feedback,
@@ -149,19 +149,13 @@ class OdmConfig(OnlineConfig):
 
 
 @register
-class OdmMixer(OnlineMixer):
+class OdmMixer(OnlineMixer[OdmConfig]):
     name: ClassVar[str] = "odm"
     description: ClassVar[str] = (
         "Online Data Mixing (Albalak et al. 2023): an EXP3 bandit, one round per feedback, "
         "rewarding domains by their importance-weighted, smoothed training loss "
         "(train_losses); decaying exploration eps_t keeps every domain sampled."
     )
-    Config: ClassVar[type[MethodConfig]] = OdmConfig
-
-    @property
-    def _config(self) -> OdmConfig:
-        assert isinstance(self.config, OdmConfig)
-        return self.config
 
     def init_state(self, space: DomainSpace, seed: int) -> State:
         return {
@@ -174,7 +168,7 @@ class OdmMixer(OnlineMixer):
 
     def _in_warmup(self, state: State) -> bool:
         last = state.get("last_step")
-        warmup = self._config.warmup_steps
+        warmup = self.config.warmup_steps
         return warmup > 0 and (last is None or int(last) < warmup)
 
     def _rewards(self, space: DomainSpace, state: State) -> FloatArray:
@@ -182,9 +176,9 @@ class OdmMixer(OnlineMixer):
         return np.array([float(stored.get(name, 0.0)) for name in space.names])
 
     def decide(self, space: DomainSpace, state: State) -> Decision:
-        steps = self._config.segment_steps
+        steps = self.config.segment_steps
         if self._in_warmup(state):
-            base = space.prior if self._config.init == "prior" else np.full(space.k, 1 / space.k)
+            base = space.prior if self.config.init == "prior" else np.full(space.k, 1 / space.k)
             return Decision(play(space, base), steps, "warmup")
         t = int(state.get("t", 0)) + 1
         policy = odm_policy(self._rewards(space, state), t)
@@ -202,7 +196,7 @@ class OdmMixer(OnlineMixer):
             self._rewards(space, state),
             {index[name]: loss for name, loss in losses.items()},
             played,
-            self._config.smoothing,
+            self.config.smoothing,
         )
         new["rewards"] = {name: float(r) for name, r in zip(space.names, rewards, strict=True)}
         new["t"] = int(state.get("t", 0)) + 1

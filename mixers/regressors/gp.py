@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,6 +51,8 @@ __all__ = ["GaussianProcessMixtureRegressor", "negative_log_marginal_likelihood"
 FloatArray = NDArray[np.float64]
 
 
+_HYPER_PARAMETERS = ("k1__k1__constant_value", "k1__k2__length_scale", "k2__noise_level")
+"""The fitted kernel's hyper-parameters: Constant * shape + White (see ``_kernel``)."""
 _SQRT5 = math.sqrt(5.0)
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -134,6 +136,9 @@ class GaussianProcessMixtureRegressor(RegressorMixin, BaseEstimator):  # type: i
         Each domain's length scale, in units of its weight.
     noise_std_:
         The learned noise standard deviation, in ``y``'s units.
+    X_train_, y_train_:
+        The runs the GP is conditioned on, in its internal units (standardised columns,
+        ``y`` over ``max |y|``): with the kernel, the whole fitted model.
     n_iter_:
         L-BFGS-B iterations of the chosen optimiser run (0 if nothing was tuned: one run).
     n_features_in_:
@@ -216,19 +221,66 @@ class GaussianProcessMixtureRegressor(RegressorMixin, BaseEstimator):  # type: i
             if n >= 2:
                 theta, self.n_iter_ = self._tune(kernel, Xs[rows], ys[rows], rng)
                 kernel = kernel.clone_with_theta(theta)
+        self._condition(kernel, Xs, ys)
+        return self
+
+    def _condition(self, kernel: Any, Xs: FloatArray, ys: FloatArray) -> None:
+        """The GP with ``kernel`` fixed, conditioned on the runs (in internal units)."""
+        with one_blas_thread():
             gp = GaussianProcessRegressor(kernel=kernel, optimizer=None, normalize_y=True)
             gp.fit(Xs, ys)
+        width = Xs.shape[1]
+        self.X_train_: FloatArray = Xs
+        self.y_train_: FloatArray = ys
         self.gp_: Any = gp
         self.kernel_: Any = gp.kernel_
         params = gp.kernel_.get_params()
         self.length_scales_: FloatArray = np.atleast_1d(
             np.asarray(params["k1__k2__length_scale"], dtype=float)
-        ) * np.broadcast_to(spread, (width,))
+        ) * np.broadcast_to(self.x_spread_, (width,))
         noise_var = float(params["k2__noise_level"])
         y_std = float(np.std(ys))  # what normalize_y divides by (1 for a constant y)
         y_std = y_std if y_std > 0 else 1.0
         self.noise_std_: float = math.sqrt(noise_var) * y_std * self.y_unit_
-        return self
+
+    def to_state(self) -> dict[str, Any]:
+        """The fitted GP as plain data: its training set and kernel hyper-parameters."""
+        check_is_fitted(self)
+        hyper = self.kernel_.get_params()
+        return {
+            "n_features_in": int(self.n_features_in_),
+            "x_centre": self.x_centre_.tolist(),
+            "x_spread": self.x_spread_.tolist(),
+            "y_unit": self.y_unit_,
+            "n_iter": self.n_iter_,
+            "X_train": self.X_train_.tolist(),
+            "y_train": self.y_train_.tolist(),
+            "kernel": {
+                key: np.asarray(hyper[key], dtype=float).tolist() for key in _HYPER_PARAMETERS
+            },
+        }
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], state: dict[str, Any]) -> Self:
+        """Condition a GP with the stored hyper-parameters on the stored runs (no tuning)."""
+        model = cls(**params)
+        width = int(state["n_features_in"])
+        model.n_features_in_ = width
+        model.x_centre_ = np.asarray(state["x_centre"], dtype=float)
+        model.x_spread_ = np.asarray(state["x_spread"], dtype=float)
+        model.y_unit_ = float(state["y_unit"])
+        model.n_iter_ = int(state["n_iter"])
+        kernel = model._kernel(width)
+        kernel.set_params(
+            **{
+                key: np.asarray(value, dtype=float) if key.endswith("length_scale") else value
+                for key, value in state["kernel"].items()
+            }
+        )
+        Xs = np.asarray(state["X_train"], dtype=float).reshape(-1, width)
+        ys = np.asarray(state["y_train"], dtype=float)
+        model._condition(kernel, Xs, ys)
+        return model
 
     def _tune(
         self, kernel: Any, X: FloatArray, y: FloatArray, rng: np.random.Generator

@@ -22,10 +22,10 @@ Differences from the reference notebook:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
-from lightgbm import LGBMRegressor
+from lightgbm import Booster, LGBMRegressor
 from numpy.typing import NDArray
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -132,6 +132,26 @@ class LightGBMMixtureRegressor(RegressorMixin, BaseEstimator):  # type: ignore[m
             self.booster_.feature_importance(importance_type="gain"), dtype=float
         )
         return self
+
+    def to_state(self) -> dict[str, Any]:
+        """The fitted model as plain data: LightGBM's own model text (``from_state``)."""
+        check_is_fitted(self)
+        return {
+            "n_features_in": int(self.n_features_in_),
+            "min_child_samples": self.min_child_samples_,
+            "booster": self.booster_.model_to_string(),
+        }
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], state: dict[str, Any]) -> Self:
+        model = cls(**params)
+        model.n_features_in_ = int(state["n_features_in"])
+        model.min_child_samples_ = int(state["min_child_samples"])
+        model.booster_ = Booster(model_str=state["booster"])
+        model.feature_importances_ = np.asarray(
+            model.booster_.feature_importance(importance_type="gain"), dtype=float
+        )
+        return model
 
     def predict(self, X: Any) -> NDArray[np.float64]:
         check_is_fitted(self)

@@ -13,7 +13,7 @@ prediction at each pure domain (valid for inputs on the simplex).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from numpy.typing import NDArray
@@ -64,6 +64,26 @@ class LinearMixtureRegressor(RegressorMixin, BaseEstimator):  # type: ignore[mis
         self.alpha_: float = float(ridge.alpha_)
         self.vertex_values_: NDArray[np.float64] = self.coef_ + self.intercept_
         return self
+
+    def to_state(self) -> dict[str, Any]:
+        """The fitted model as plain data (``from_state`` rebuilds it)."""
+        check_is_fitted(self)
+        return {
+            "n_features_in": int(self.n_features_in_),
+            "coef": self.coef_.tolist(),
+            "intercept": self.intercept_,
+            "alpha": self.alpha_,
+        }
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], state: dict[str, Any]) -> Self:
+        model = cls(**params)
+        model.n_features_in_ = int(state["n_features_in"])
+        model.coef_ = np.asarray(state["coef"], dtype=float)
+        model.intercept_ = float(state["intercept"])
+        model.alpha_ = float(state["alpha"])
+        model.vertex_values_ = model.coef_ + model.intercept_
+        return model
 
     def predict(self, X: Any) -> NDArray[np.float64]:
         check_is_fitted(self)

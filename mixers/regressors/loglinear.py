@@ -34,7 +34,7 @@ The product version keeps the form and the loss and changes the machinery:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from numpy.typing import NDArray
@@ -186,6 +186,31 @@ class LogLinearRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         self.exponents_: FloatArray = self.t_std_ / self.x_scale_
         self.cost_: float = cost
         self.vertex_values_: FloatArray = self._law(np.eye(len(self.t_std_)) / self.x_scale_)
+
+    def to_state(self) -> dict[str, Any]:
+        """The fitted law as plain data (``from_state`` rebuilds it)."""
+        check_is_fitted(self)
+        return {
+            "n_features_in": int(self.n_features_in_),
+            "x_scale": self.x_scale_.tolist(),
+            "shift": self.shift_,
+            "unit": self.unit_,
+            "floor": self.floor_,
+            "k": self.k_std_,
+            "t": self.t_std_.tolist(),
+            "cost": self.cost_,
+        }
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], state: dict[str, Any]) -> Self:
+        model = cls(**params)
+        model.n_features_in_ = int(state["n_features_in"])
+        model.x_scale_ = np.asarray(state["x_scale"], dtype=float)
+        model.shift_ = float(state["shift"])
+        model.unit_ = float(state["unit"])
+        t = np.asarray(state["t"], dtype=float)
+        model._set(float(state["floor"]), float(state["k"]), t, cost=float(state["cost"]))
+        return model
 
     def _law(self, Xs: FloatArray) -> FloatArray:
         out: FloatArray = self.floor_ + self.unit_ * exponential_law(

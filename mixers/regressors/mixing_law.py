@@ -39,7 +39,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from numpy.typing import NDArray
@@ -388,6 +388,31 @@ class MixingLawRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         self.cost_: float = cost
         # One unit of each domain (a pure mixture), in the scaled units the law was fitted in.
         self.vertex_values_: FloatArray = self._law(np.eye(len(self.t_std_)) / self.x_scale_)
+
+    def to_state(self) -> dict[str, Any]:
+        """The fitted law as plain data (``from_state`` rebuilds it)."""
+        check_is_fitted(self)
+        return {
+            "n_features_in": int(self.n_features_in_),
+            "y_centre": self.y_centre_,
+            "y_spread": self.y_spread_,
+            "x_scale": self.x_scale_.tolist(),
+            "c": self.c_std_,
+            "k": self.k_std_,
+            "t": self.t_std_.tolist(),
+            "cost": self.cost_,
+        }
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], state: dict[str, Any]) -> Self:
+        model = cls(**params)
+        model.n_features_in_ = int(state["n_features_in"])
+        model.y_centre_ = float(state["y_centre"])
+        model.y_spread_ = float(state["y_spread"])
+        model.x_scale_ = np.asarray(state["x_scale"], dtype=float)
+        t = np.asarray(state["t"], dtype=float)
+        model._set(float(state["c"]), float(state["k"]), t, cost=float(state["cost"]))
+        return model
 
     def _law(self, Xs: FloatArray) -> FloatArray:
         z = exponential_law(Xs, self.c_std_, self.k_std_, self.t_std_)

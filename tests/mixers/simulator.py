@@ -26,13 +26,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache, cached_property
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import minimize
 
-from mixers.base import DomainSpace, Observation, OfflineMixer
-from mixers.fitting import fit_model, recommend
+from mixers.base import DomainSpace, Observation
+from mixers.fitting import fit_model
+from mixers.offline.base import OfflineMixer
+from mixers.recommendation import recommend
 
 FloatArray = NDArray[np.float64]
 NOISE = 0.003
@@ -159,7 +162,7 @@ class Outcome:
 
 def run_method(
     sim: MixingLawSimulator,
-    mixer: OfflineMixer,
+    mixer: OfflineMixer[Any],
     seed: int,
     *,
     batches: Sequence[int] = (32, 32, 32, 32),
@@ -189,7 +192,7 @@ def run_method(
     ids = [str(i) for i in range(len(y))]
     result = fit_model(X, y, ids, model=model, names=space.names, seed=seed)
     rec = recommend(space, result, np.random.default_rng([seed, len(y)]), candidates=candidates)
-    best = space.to_array(rec["weights"])
+    best = rec.weights
     return Outcome(
         weights=X,
         observed=y,

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mixers.backtest import backtest, backtest_steps, default_sizes
+from mixers.backtest import BacktestPlan, backtest, backtest_steps, default_sizes
 from mixers.base import DomainSpace
 from mixopt.errors import InvalidInput
 from tests.regmix_data import DATA, load_regmix
@@ -34,14 +34,13 @@ def test_default_sizes_double_up_to_every_run():
 def test_rows_cover_every_design_size_and_model_and_auto_takes_the_best_cv():
     space, X, y, ids = swarm()
     calls: list[tuple[int, int]] = []
-    result = backtest(
-        space, X, y, ids,
+    plan = BacktestPlan(
         models=["linear", "lightgbm", "auto"],
         sizes=[16, 48],
         designs=["stored", "random"],
         progress=lambda done, total, what: calls.append((done, total)),
-        search_candidates=2000,
-    )  # fmt: skip
+    )
+    result = backtest(space, X, y, ids, plan, search_candidates=2000)
     assert len(result.rows) == 2 * 2 * 3
     assert (
         calls[-1] == (backtest_steps(["stored", "random"], [16, 48], ["linear", "lightgbm"]),) * 2
@@ -61,14 +60,14 @@ def test_rows_cover_every_design_size_and_model_and_auto_takes_the_best_cv():
     # Every run seen, the reference's own model: the reference's own recommendation.
     full = next(r for r in result.rows if r.n_runs == 48 and r.requested == "lightgbm")
     assert full.regret == pytest.approx(0.0, abs=1e-12)
-    assert result.reference["model"] == "lightgbm"
+    assert result.reference.model == "lightgbm"
 
 
 def test_backtest_is_reproducible():
     space, X, y, ids = swarm()
-    kwargs = {"models": ["linear"], "sizes": [16, 32], "designs": ["random"]}
-    first = backtest(space, X, y, ids, search_candidates=2000, **kwargs)  # type: ignore[arg-type]
-    second = backtest(space, X, y, ids, search_candidates=2000, **kwargs)  # type: ignore[arg-type]
+    plan = BacktestPlan(models=["linear"], sizes=[16, 32], designs=["random"])
+    first = backtest(space, X, y, ids, plan, search_candidates=2000)
+    second = backtest(space, X, y, ids, plan, search_candidates=2000)
 
     def strip(row: object) -> dict[str, object]:
         return {k: v for k, v in dataclasses.asdict(row).items() if k != "seconds"}  # type: ignore[call-overload]
@@ -78,10 +77,8 @@ def test_backtest_is_reproducible():
 
 def test_a_method_design_is_answered_by_the_nearest_unused_runs():
     space, X, y, ids = swarm(n=64)
-    result = backtest(
-        space, X, y, ids, models=["linear"], sizes=[16, 32], designs=["regmix"],
-        search_candidates=2000,
-    )  # fmt: skip
+    plan = BacktestPlan(models=["linear"], sizes=[16, 32], designs=["regmix"])
+    result = backtest(space, X, y, ids, plan, search_candidates=2000)
     rows = result.rows
     assert [r.n_runs for r in rows] == [16, 32]
     assert all(r.match_l1 is not None and 0 <= r.match_l1 < 2 for r in rows)
@@ -101,19 +98,22 @@ def test_a_method_design_is_answered_by_the_nearest_unused_runs():
 def test_bad_choices_name_the_field(kwargs, field):
     space, X, y, ids = swarm()
     with pytest.raises(InvalidInput) as exc:
-        backtest(space, X, y, ids, **kwargs)
-    assert exc.value.errors[0].loc == ("body", field)
+        backtest(space, X, y, ids, BacktestPlan(**kwargs))
+    assert exc.value.errors[0].loc == (field,)
 
 
 def test_a_backtest_over_its_fit_budget_is_refused_before_fitting():
     space, X, y, ids = swarm()
     calls: list[int] = []
+    plan = BacktestPlan(
+        models=["linear", "lightgbm"],
+        sizes=[16, 32, 48],
+        max_fits=6,
+        progress=lambda done, total, what: calls.append(done),
+    )
     with pytest.raises(InvalidInput) as exc:
-        backtest(
-            space, X, y, ids, models=["linear", "lightgbm"], sizes=[16, 32, 48], max_fits=6,
-            progress=lambda done, total, what: calls.append(done),
-        )  # fmt: skip
-    assert exc.value.errors[0].loc == ("body",)
+        backtest(space, X, y, ids, plan)
+    assert exc.value.errors[0].loc == ()
     assert "7 fits" in str(exc.value.errors[0].msg)
     assert calls == []
 
@@ -126,7 +126,7 @@ def test_regmix_swarm_backtest_improves_with_more_runs():
         pytest.skip(f"RegMix data not found at {DATA}")
     X, y, names, ids = load_regmix("train")
     space = DomainSpace.from_swarm(names, X)
-    result = backtest(space, X, y, ids, models=["lightgbm"], sizes=[32, 256])
+    result = backtest(space, X, y, ids, BacktestPlan(models=["lightgbm"], sizes=[32, 256]))
     small, large = result.rows
     assert large.heldout_spearman is not None and small.heldout_spearman is not None
     assert large.heldout_spearman > 0.95 > small.heldout_spearman

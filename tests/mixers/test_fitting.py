@@ -7,7 +7,7 @@ The RegMix tests use the real 1M-parameter proxy runs of the RegMix paper (../sh
 
 from __future__ import annotations
 
-import pickle
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,18 +18,13 @@ from scipy import stats
 from sklearn.dummy import DummyRegressor
 
 from mixers.base import DomainSpace
-from mixers.fitting import (
-    DISTINCT_L1,
-    FitResult,
-    _fold_of,
-    _replicate_groups,
-    fit_model,
-    predict,
-    recommend,
-)
+from mixers.fitting import Candidate, Fit, Noise, _fold_of, _replicate_groups, fit_model, predict
+from mixers.persistence import dump_fit, load_fit
+from mixers.recommendation import DISTINCT_L1, recommend
 from mixers.regressors import REGRESSORS, regressor_names
 from mixopt.errors import Conflict, InvalidInput
-from mixopt.schemas import FitReport, Recommendation
+from mixopt.schemas import FitReport
+from service.convert import fit_report, recommendation_out
 from tests.regmix_data import regmix_splits
 
 FloatArray = NDArray[np.float64]
@@ -73,23 +68,38 @@ def synthetic_runs(
 
 
 @pytest.fixture(scope="module")
-def synthetic() -> tuple[DomainSpace, FitResult]:
+def synthetic() -> tuple[DomainSpace, Fit]:
     space = synthetic_space()
     X, y, ids = synthetic_runs(space, 64, seed=3)
     return space, fit_model(X, y, ids, model="linear", names=space.names, seed=0)
 
 
-def assert_mixture(space: DomainSpace, weights: dict[str, float]) -> FloatArray:
-    """A dict over exactly the space's domains, summing to 1 within 1e-9, inside the bounds."""
-    assert list(weights) == list(space.names)
-    w = space.to_array(weights)
+def assert_mixture(space: DomainSpace, weights: FloatArray) -> FloatArray:
+    """Weights over exactly the space's domains, summing to 1 within 1e-9, inside the bounds."""
+    w = np.asarray(weights, dtype=float)
+    assert w.shape == (space.k,)
     assert abs(w.sum() - 1.0) <= 1e-9
     assert space.contains(w, tol=1e-9).all(), w
     return w
 
 
-def without_seconds(rec: dict[str, Any]) -> dict[str, Any]:
-    return {**rec, "search": {k: v for k, v in rec["search"].items() if k != "seconds"}}
+def plain(value: Any) -> Any:
+    """A dataclass result as comparable built-in values (arrays as lists)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def without_seconds(rec: Any) -> dict[str, Any]:
+    out: dict[str, Any] = plain(rec)
+    del out["search"]["seconds"]
+    return out
 
 
 # --- RegMix: the real proxy runs -----------------------------------------------------------------
@@ -97,22 +107,23 @@ def without_seconds(rec: dict[str, Any]) -> dict[str, Any]:
 
 def test_regmix_cross_validation(regmix):
     """The linear model's 5-fold CV Spearman on Pile-CC loss is about 0.9 (RegMix: 0.90)."""
-    result: FitResult = regmix["result"]
+    result: Fit = regmix["result"]
     assert result.model == "linear"
     assert result.requested == "linear"
     assert result.n_runs == 512
-    assert result.cv["folds"] == 5
-    assert 0.85 <= result.cv["spearman"] <= 0.95
-    assert 0.8 <= result.cv["pearson"] <= 0.95
-    assert 0.6 <= result.cv["r2"] <= 0.9
-    assert 0 < result.cv["mae"] < 0.2
-    assert [c["model"] for c in result.candidates] == ["linear"]
+    assert result.cv.folds == 5
+    assert result.cv.spearman is not None and result.cv.pearson is not None
+    assert result.cv.r2 is not None and result.cv.mae is not None
+    assert 0.85 <= result.cv.spearman <= 0.95
+    assert 0.8 <= result.cv.pearson <= 0.95
+    assert 0.6 <= result.cv.r2 <= 0.9
+    assert 0 < result.cv.mae < 0.2
+    assert [c.model for c in result.candidates] == ["linear"]
     assert len(result.oof) == 512
-    run_id, actual, _ = result.oof[0]
-    assert (run_id, actual) == (regmix["ids"][0], regmix["y"][0])
-    oof = np.array([p for _, _, p in result.oof])
-    assert stats.spearmanr(regmix["y"], oof).statistic == pytest.approx(result.cv["spearman"])
-    assert result.noise == {"replicate_groups": 0, "std": None}  # no two runs share a mixture
+    assert (result.oof[0].run_id, result.oof[0].actual) == (regmix["ids"][0], regmix["y"][0])
+    oof = np.array([o.predicted for o in result.oof])
+    assert stats.spearmanr(regmix["y"], oof).statistic == pytest.approx(result.cv.spearman)
+    assert result.noise == Noise(0, None)  # no two runs share a mixture
 
 
 def test_regmix_held_out_ranking_and_interval_coverage(regmix):
@@ -139,20 +150,21 @@ def test_regmix_recommendation(regmix):
     X: FloatArray = regmix["X"]
     space = DomainSpace.from_swarm(regmix["names"], regmix["X"])
     rec = recommend(space, regmix["result"], np.random.default_rng(0))
-    w = assert_mixture(space, rec["weights"])
-    assert rec["weights"]["pile_cc"] > 0.6  # RegMix's own search: 0.87-0.89
+    w = assert_mixture(space, rec.weights)
+    assert space.to_dict(rec.weights)["pile_cc"] > 0.6  # RegMix's own search: 0.87-0.89
     # The trust region: no weight above the largest the runs ever gave that domain.
     assert np.all(w <= X.max(axis=0) + 1e-9)
-    assert rec["search"]["trust_region"] is True
-    assert rec["predicted"]["value"] < rec["baseline"]["predicted"]["value"]
-    assert rec["p_better_than_baseline"] > 0.9
-    assert rec["search"]["candidates"] == 100_000
-    assert rec["search"]["top_k"] == 100
-    assert rec["search"]["seconds"] < 2.0  # ~0.4 s; generous for slow CI machines
+    assert rec.search.trust_region is True
+    assert rec.baseline is not None and rec.p_better_than_baseline is not None
+    assert rec.predicted.value < rec.baseline.predicted.value
+    assert rec.p_better_than_baseline > 0.9
+    assert rec.search.candidates == 100_000
+    assert rec.search.top_k == 100
+    assert rec.search.seconds < 2.0  # ~0.4 s; generous for slow CI machines
     # Without it, a linear model extrapolates to a vertex no run came near.
     loose = recommend(space, regmix["result"], np.random.default_rng(0), trust_region=False)
-    assert np.any(space.to_array(loose["weights"]) > X.max(axis=0) + 0.1)
-    assert loose["search"]["trust_region"] is False
+    assert np.any(loose.weights > X.max(axis=0) + 0.1)
+    assert loose.search.trust_region is False
 
 
 # --- fit_model -----------------------------------------------------------------------------------
@@ -164,18 +176,18 @@ def test_auto_compares_every_registered_regressor(monkeypatch):
     space = synthetic_space()
     X, y, ids = synthetic_runs(space, 40, seed=1)
     result = fit_model(X, y, ids, names=space.names, seed=0)
-    assert [c["model"] for c in result.candidates] == regressor_names()
-    assert {c["model"] for c in result.candidates} >= {"linear", "mean"}
-    scores = {c["model"]: c["spearman"] for c in result.candidates}
+    assert [c.model for c in result.candidates] == regressor_names()
+    assert {c.model for c in result.candidates} >= {"linear", "mean"}
+    scores = {c.model: c.spearman for c in result.candidates}
     assert scores["mean"] is None  # constant predictions have no rank correlation
     ranked = {name: score for name, score in scores.items() if score is not None}
     assert result.model == max(ranked, key=ranked.__getitem__)  # the best cross-validated
-    assert result.cv["spearman"] == scores[result.model]
+    assert result.cv.spearman == scores[result.model]
 
     only = fit_model(X, y, ids, model="mean", names=space.names, seed=0)
     assert only.model == only.requested == "mean"
-    assert [c["model"] for c in only.candidates] == ["mean"]
-    assert only.cv["spearman"] is None and only.cv["pearson"] is None
+    assert [c.model for c in only.candidates] == ["mean"]
+    assert only.cv.spearman is None and only.cv.pearson is None
     assert only.importance == {n: pytest.approx(1 / space.k) for n in space.names}
 
 
@@ -189,7 +201,7 @@ def test_auto_survives_a_failing_candidate(monkeypatch):
     X, y, ids = synthetic_runs(space, 20, seed=1)
     result = fit_model(X, y, ids, names=space.names, seed=0)
     assert result.model == "linear"
-    assert {"model": "broken", "spearman": None} in result.candidates
+    assert Candidate("broken", None) in result.candidates
     with pytest.raises(RuntimeError, match="boom"):
         fit_model(X, y, ids, model="broken", names=space.names, seed=0)
 
@@ -199,7 +211,7 @@ def test_unknown_model_is_invalid_input():
     X, y, ids = synthetic_runs(space, 20, seed=1)
     with pytest.raises(InvalidInput) as info:
         fit_model(X, y, ids, model="xgboost", names=space.names, seed=0)
-    assert info.value.errors[0].loc == ("body", "model")
+    assert info.value.errors[0].loc == ("model",)  # relative: the service puts it under "body"
     assert "linear" in info.value.detail and "auto" in info.value.detail
 
 
@@ -209,7 +221,7 @@ def test_fewer_than_eight_runs_conflict():
     with pytest.raises(Conflict, match="fewer than 8 usable runs"):
         fit_model(X[:7], y[:7], ids[:7], names=space.names, seed=0)
     result = fit_model(X, y, ids, names=space.names, seed=0)
-    assert result.cv["folds"] == 5 and result.n_runs == 8
+    assert result.cv.folds == 5 and result.n_runs == 8
     same = np.repeat(X[:1], 10, axis=0)
     with pytest.raises(Conflict, match="same mixture"):
         fit_model(same, y.repeat(2)[:10], [str(i) for i in range(10)], names=space.names, seed=0)
@@ -235,8 +247,8 @@ def test_replicates_estimate_the_noise():
     X[1::3] += 1e-12  # rounding to 1e-9 still groups them
     y = 3.0 + X @ EFFECT + rng.normal(0.0, 0.05, size=len(X))
     result = fit_model(X, y, [str(i) for i in range(len(X))], names=space.names, seed=0)
-    assert result.noise["replicate_groups"] == 40
-    assert result.noise["std"] == pytest.approx(0.05, rel=0.2)
+    assert result.noise.replicate_groups == 40
+    assert result.noise.std == pytest.approx(0.05, rel=0.2)
     # The interval covers the noise: it is at least about +-1.28 noise std wide.
     q_lo, q_hi = result.residual_quantiles
     assert q_hi - q_lo >= 2 * 1.2 * 0.05 * 0.8
@@ -271,14 +283,14 @@ def test_fit_is_reproducible():
     assert first.residual_quantiles == second.residual_quantiles
 
 
-def test_pickle_round_trip_predicts_the_same(regmix):
-    result: FitResult = regmix["result"]
-    again = pickle.loads(pickle.dumps(result))
+def test_stored_fit_loads_and_predicts_the_same(regmix):
+    result: Fit = regmix["result"]
+    again = load_fit(dump_fit(result))
     for a, b in zip(
         predict(result, regmix["X_test"]), predict(again, regmix["X_test"]), strict=True
     ):
         np.testing.assert_array_equal(a, b)
-    assert again.report() == result.report()
+    assert fit_report(again) == fit_report(result)
 
 
 def test_predict_checks_width(synthetic):
@@ -292,12 +304,12 @@ def test_predict_checks_width(synthetic):
 def test_report_and_recommendation_fit_the_wire_shapes(synthetic):
     space, result = synthetic
     report = FitReport.model_validate(
-        {**result.report(), "id": "fit-1", "fitted_at": datetime.now(UTC)}
+        {**fit_report(result), "id": "fit-1", "fitted_at": datetime.now(UTC)}
     )
     assert report.cv.folds == 5 and len(report.oof) == 64
     assert report.oof[0].run_id == "run-0"
     rec = recommend(space, result, np.random.default_rng(0), candidates=5000)
-    wire = Recommendation.model_validate({**rec, "fit_id": "fit-1"})
+    wire = recommendation_out(space, rec)
     assert wire.predicted is not None and wire.baseline is not None
     assert wire.model == "linear" and wire.n_runs == 64
 
@@ -308,33 +320,34 @@ def test_report_and_recommendation_fit_the_wire_shapes(synthetic):
 def test_recommendation_beats_the_baseline_within_bounds(synthetic):
     space, result = synthetic
     rec = recommend(space, result, np.random.default_rng(0), candidates=20_000)
-    w = assert_mixture(space, rec["weights"])
+    w = assert_mixture(space, rec.weights)
     assert w[1] > 0.3  # code, capped at 0.4, is the domain that lowers the loss
-    base = assert_mixture(space, rec["baseline"]["weights"])
+    assert rec.baseline is not None and rec.p_better_than_baseline is not None
+    base = assert_mixture(space, rec.baseline.weights)
     np.testing.assert_allclose(base, space.project(space.prior)[0])
-    predicted, baseline = rec["predicted"], rec["baseline"]["predicted"]
-    assert predicted["value"] < baseline["value"]
-    assert predicted["low"] < predicted["value"] < predicted["high"]
-    assert rec["p_better_than_baseline"] > 0.9
-    assert rec["params"] == {} and rec["model"] == "linear" and rec["n_runs"] == 64
-    assert rec["search"]["candidates"] == 20_000 and rec["search"]["top_k"] == 100
+    predicted, baseline = rec.predicted, rec.baseline.predicted
+    assert predicted.value < baseline.value
+    assert predicted.low < predicted.value < predicted.high
+    assert rec.p_better_than_baseline > 0.9
+    assert rec.params == {} and rec.model == "linear" and rec.n_runs == 64
+    assert rec.search.candidates == 20_000 and rec.search.top_k == 100
 
 
 def test_alternatives_are_distinct_and_near_the_best(synthetic):
     space, result = synthetic
     rec = recommend(space, result, np.random.default_rng(0), candidates=20_000)
-    alternatives = rec["alternatives"]
+    alternatives = rec.alternatives
     assert 1 <= len(alternatives) <= 5
-    chosen = [space.to_array(rec["weights"])]
+    chosen = [rec.weights]
     sigma = result.interval_sigma
-    values = [a["predicted"]["value"] for a in alternatives]
+    values = [a.predicted.value for a in alternatives]
     assert values == sorted(values)  # best first
     for alt in alternatives:
-        w = assert_mixture(space, alt["weights"])
+        w = assert_mixture(space, alt.weights)
         assert all(np.abs(w - c).sum() > DISTINCT_L1 for c in chosen)
         chosen.append(w)
-        assert alt["predicted"]["value"] <= min(rec["predicted"]["value"], values[0]) + sigma
-        np.testing.assert_allclose(alt["predicted"]["value"], predict(result, w)[0][0])
+        assert alt.predicted.value <= min(rec.predicted.value, values[0]) + sigma
+        np.testing.assert_allclose(alt.predicted.value, predict(result, w)[0][0])
 
 
 def test_direction_maximize_flips_the_choice(synthetic):
@@ -343,13 +356,13 @@ def test_direction_maximize_flips_the_choice(synthetic):
     high = recommend(
         space, result, np.random.default_rng(0), candidates=20_000, direction="maximize"
     )
-    assert_mixture(space, high["weights"])
-    assert high["weights"]["code"] < 0.05 < low["weights"]["code"]
-    assert high["predicted"]["value"] > high["baseline"]["predicted"]["value"]
-    assert high["p_better_than_baseline"] > 0.9
+    assert_mixture(space, high.weights)
+    assert space.to_dict(high.weights)["code"] < 0.05 < space.to_dict(low.weights)["code"]
+    assert high.baseline is not None and high.p_better_than_baseline is not None
+    assert high.predicted.value > high.baseline.predicted.value
+    assert high.p_better_than_baseline > 0.9
     assert all(
-        a["predicted"]["value"] >= high["predicted"]["value"] - result.interval_sigma
-        for a in high["alternatives"]
+        a.predicted.value >= high.predicted.value - result.interval_sigma for a in high.alternatives
     )
 
 
@@ -358,7 +371,8 @@ def test_direction_defaults_to_the_fits():
     X, y, ids = synthetic_runs(space, 40, seed=5)
     result = fit_model(X, y, ids, names=space.names, seed=0, direction="maximize")
     rec = recommend(space, result, np.random.default_rng(0), candidates=5000)
-    assert rec["predicted"]["value"] > rec["baseline"]["predicted"]["value"]
+    assert rec.baseline is not None
+    assert rec.predicted.value > rec.baseline.predicted.value
 
 
 def test_recommend_is_reproducible_and_takes_a_baseline(synthetic):
@@ -372,9 +386,10 @@ def test_recommend_is_reproducible_and_takes_a_baseline(synthetic):
     uniform = recommend(
         space, result, np.random.default_rng(5), candidates=100, top_k=500, baseline=np.ones(5)
     )
-    assert uniform["search"]["top_k"] == 100  # never more than the candidates
-    assert_mixture(space, uniform["baseline"]["weights"])
-    assert uniform["baseline"]["weights"]["code"] == pytest.approx(0.2)
+    assert uniform.search.top_k == 100  # never more than the candidates
+    assert uniform.baseline is not None
+    assert_mixture(space, uniform.baseline.weights)
+    assert space.to_dict(uniform.baseline.weights)["code"] == pytest.approx(0.2)
 
 
 def test_recommend_refuses_another_space(synthetic):
@@ -387,8 +402,8 @@ def test_recommend_refuses_another_space(synthetic):
 def test_search_of_100k_candidates_is_fast(synthetic):
     space, result = synthetic
     rec = recommend(space, result, np.random.default_rng(0))
-    assert rec["search"]["candidates"] == 100_000
-    assert rec["search"]["seconds"] < 2.0  # ~0.3 s on one core
+    assert rec.search.candidates == 100_000
+    assert rec.search.seconds < 2.0  # ~0.3 s on one core
 
 
 def test_refining_around_the_best_beats_sampling_alone(regmix):
@@ -400,10 +415,10 @@ def test_refining_around_the_best_beats_sampling_alone(regmix):
         refine: recommend(space, result, np.random.default_rng(0), candidates=20_000, refine=refine)
         for refine in (False, True)
     }
-    assert values[True]["search"]["refine_rounds"] == 3
-    assert values[False]["search"]["refine_rounds"] == 0
-    assert values[True]["search"]["candidates"] == values[False]["search"]["candidates"] == 20_000
-    better = values[False]["predicted"]["value"] - values[True]["predicted"]["value"]
+    assert values[True].search.refine_rounds == 3
+    assert values[False].search.refine_rounds == 0
+    assert values[True].search.candidates == values[False].search.candidates == 20_000
+    better = values[False].predicted.value - values[True].predicted.value
     assert better > 0.002, better  # Pile-CC loss; about 0.01 on this swarm
 
 
@@ -411,19 +426,18 @@ def test_kl_penalty_pulls_the_recommendation_towards_the_prior(synthetic):
     space, result = synthetic
     prior = space.prior / space.prior.sum()
 
-    def kl(weights: dict[str, float]) -> float:
-        w = space.to_array(weights)
+    def kl(w: FloatArray) -> float:
         return float(np.sum(np.where(w > 0, w * np.log(w / prior), 0.0)))
 
     free = recommend(space, result, np.random.default_rng(0), candidates=20_000)
     pulled = recommend(space, result, np.random.default_rng(0), candidates=20_000, kl_penalty=10.0)
-    assert pulled["search"]["kl_penalty"] == 10.0
-    assert kl(pulled["weights"]) < 0.5 * kl(free["weights"])
+    assert pulled.search.kl_penalty == 10.0
+    assert kl(pulled.weights) < 0.5 * kl(free.weights)
     # The penalty is a ranking device: reported predictions are the model's own.
-    assert pulled["predicted"]["value"] == pytest.approx(
-        float(result.estimator.predict(space.to_array(pulled["weights"])[None, :])[0])
+    assert pulled.predicted.value == pytest.approx(
+        float(result.estimator.predict(pulled.weights[None, :])[0])
     )
-    assert pulled["predicted"]["value"] >= free["predicted"]["value"]
+    assert pulled.predicted.value >= free.predicted.value
     with pytest.raises(ValueError, match="kl_penalty"):
         recommend(space, result, np.random.default_rng(0), candidates=10, kl_penalty=-1.0)
 
@@ -466,7 +480,7 @@ def test_exact_projection_matches_the_bisection(domains):
 def test_search_time_budget_caps_the_candidates(synthetic):
     space, result = synthetic
     rec = recommend(space, result, np.random.default_rng(0), max_seconds=1e-9)
-    assert rec["search"]["candidates"] == 8192  # one chunk: the budget is spent after it
-    assert_mixture(space, rec["weights"])
+    assert rec.search.candidates == 8192  # one chunk: the budget is spent after it
+    assert_mixture(space, rec.weights)
     full = recommend(space, result, np.random.default_rng(0), max_seconds=60)
-    assert full["search"]["candidates"] == 100_000
+    assert full.search.candidates == 100_000

@@ -20,7 +20,8 @@ from sklearn.base import clone, is_regressor
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mixers.base import DomainSpace
-from mixers.fitting import fit_model, predict, recommend
+from mixers.fitting import fit_model, predict
+from mixers.recommendation import recommend
 from mixers.regressors import (
     LightGBMMixtureRegressor,
     LinearMixtureRegressor,
@@ -139,11 +140,11 @@ def test_regmix_auto_picks_a_flexible_model(regmix, regmix_auto):
     never a parametric or linear form."""
     result = regmix_auto
     assert result.model in {"lightgbm", "gp"} and result.requested == "auto"
-    by_name = {c["model"]: c["spearman"] for c in result.candidates}
+    by_name = {c.model: c.spearman for c in result.candidates}
     assert set(by_name) == set(regressor_names())
     assert by_name["lightgbm"] > by_name["linear"]
-    assert result.cv["spearman"] == pytest.approx(max(by_name.values()))
-    assert result.cv["spearman"] >= 0.97  # 5-fold CV on 512 runs: ~0.983
+    assert result.cv.spearman == pytest.approx(max(by_name.values()))
+    assert result.cv.spearman >= 0.97  # 5-fold CV on 512 runs: ~0.983
 
     # On held-out mixtures, auto is within 0.02 of the best single regressor.
     value, _, _ = predict(result, regmix["X_test"])
@@ -172,11 +173,12 @@ def test_regmix_recommendation_with_lightgbm(regmix, regmix_auto):
     X: FloatArray = regmix["X"]
     space = DomainSpace.from_swarm(regmix["names"], X)
     rec = recommend(space, regmix_auto, np.random.default_rng(0))
-    assert rec["model"] == "lightgbm"
-    assert rec["search"]["candidates"] == 100_000
-    weights = np.array(list(rec["weights"].values()))
-    assert weights.sum() == pytest.approx(1.0)
+    assert rec.model == "lightgbm"
+    assert rec.search.candidates == 100_000
+    assert rec.weights.shape == (space.k,)
+    assert rec.weights.sum() == pytest.approx(1.0)
     # The recommendation is predicted at least as good as the best observed run, give or take
     # the interval, and better than the average mixture.
-    assert rec["predicted"]["value"] < rec["baseline"]["predicted"]["value"]
-    assert rec["predicted"]["low"] <= float(regmix["y"].min())
+    assert rec.baseline is not None
+    assert rec.predicted.value < rec.baseline.predicted.value
+    assert rec.predicted.low <= float(regmix["y"].min())

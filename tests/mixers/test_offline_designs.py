@@ -17,6 +17,7 @@ from mixers import Mixer, Observation, OfflineMixer, get_method, methods, regist
 from mixers.base import DomainSpace
 from mixers.offline.fixed import FixedMixer
 from mixers.offline.regmix import RegMixConfig, RegMixMixer, dirichlet_design
+from mixers.registry import offline_methods
 from mixers.testing import assert_valid_mixtures, check_offline_mixer, generic_space
 from mixopt.errors import InvalidInput
 
@@ -89,7 +90,7 @@ def design_spaces(draw: st.DrawFn, k_max: int = 20) -> DomainSpace:
 
 
 def regmix(**config: Any) -> RegMixMixer:
-    return RegMixMixer(RegMixMixer.parse_config(config))
+    return RegMixMixer.from_config(config)
 
 
 def design(space: DomainSpace, count: int, seed: int, **config: Any) -> FloatArray:
@@ -322,7 +323,7 @@ def test_regmix_config_rejects_out_of_range_values(bad: dict[str, float]) -> Non
 
 
 def fixed(weights: dict[str, float]) -> FixedMixer:
-    return FixedMixer(FixedMixer.parse_config({"weights": weights}))
+    return FixedMixer.from_config({"weights": weights})
 
 
 @pytest.mark.parametrize("count", [1, 5])
@@ -388,7 +389,7 @@ def test_get_method_raises_key_error_for_unknown_names(mode: Any, name: str) -> 
 def test_registering_another_class_under_a_taken_name_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    monkeypatch.setattr(registry, "_OFFLINE", dict(registry._OFFLINE))
     methods()  # load the built-in methods into the copy
     assert register(RegMixMixer) is RegMixMixer  # registering the same class again is a no-op
 
@@ -400,7 +401,9 @@ def test_registering_another_class_under_a_taken_name_fails(
 
 
 @pytest.mark.parametrize("method", methods(), ids=lambda m: f"{m.mode}-{m.name}")
-def test_every_method_config_has_a_documented_strict_json_schema(method: type[Mixer]) -> None:
+def test_every_method_config_has_a_documented_strict_json_schema(
+    method: type[Mixer[Any]],
+) -> None:
     schema = method.Config.model_json_schema()
     assert schema["type"] == "object"
     assert schema.get("additionalProperties") is False
@@ -415,11 +418,13 @@ def test_every_method_config_has_a_documented_strict_json_schema(method: type[Mi
     assert [e.loc for e in exc.value.errors] == [("config", "no_such_key")]
 
 
-OFFLINE = [m for m in methods() if issubclass(m, OfflineMixer)]
+OFFLINE = offline_methods()
 
 
 @pytest.mark.parametrize("method", OFFLINE, ids=lambda m: m.name)
-def test_every_offline_method_passes_the_conformance_check(method: type[OfflineMixer]) -> None:
+def test_every_offline_method_passes_the_conformance_check(
+    method: type[OfflineMixer[Any]],
+) -> None:
     check_offline_mixer(
         method, {"seed": 1, **EXAMPLE_CONFIGS.get(method.name, {})}, generic_space()
     )

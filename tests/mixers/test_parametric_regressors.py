@@ -269,11 +269,12 @@ def test_sparse_swarm_auto_picks_a_parametric_model_over_lightgbm():
     assert (X > 0).sum(axis=1).mean() < 3.5
     names = [f"d{j}" for j in range(X.shape[1])]
     result = fit_model(X, y, [f"run-{i}" for i in range(len(y))], names=names, seed=0)
-    scores = {c["model"]: c["spearman"] for c in result.candidates}
+    scores = {c.model: c.spearman or -1.0 for c in result.candidates}
     assert result.model in PARAMETRIC
-    assert result.cv["spearman"] == scores[result.model] == max(scores.values())
-    assert result.cv["spearman"] >= 0.95
-    assert result.cv["spearman"] >= scores["lightgbm"] + 0.2
+    assert result.cv.spearman is not None
+    assert result.cv.spearman == scores[result.model] == max(scores.values())
+    assert result.cv.spearman >= 0.95
+    assert result.cv.spearman >= scores["lightgbm"] + 0.2
     assert min(scores[name] for name in ("mixing_law", "loglinear")) >= scores["lightgbm"] + 0.2
 
 
@@ -305,9 +306,10 @@ def test_regmix_held_out_ranking(regmix, name, floor):
 def test_regmix_auto_stays_within_002_of_the_best_single_regressor(regmix):
     """All five regressors cross-validated on 512 runs (~8 s): auto keeps its quality."""
     result = fit_model(regmix["X"], regmix["y"], regmix["ids"], names=regmix["names"], seed=0)
-    scores = {c["model"]: c["spearman"] for c in result.candidates}
+    scores = {c.model: c.spearman or -1.0 for c in result.candidates}
     assert set(scores) >= {"linear", "lightgbm", *PARAMETRIC}
-    assert result.cv["spearman"] >= max(scores.values()) - 0.02
+    assert result.cv.spearman is not None
+    assert result.cv.spearman >= max(scores.values()) - 0.02
     assert scores["gp"] >= 0.97 and scores["mixing_law"] >= 0.94 and scores["loglinear"] >= 0.94
     value, _, _ = predict(result, regmix["X_test"])
     auto_rho = float(stats.spearmanr(regmix["y_test"], value).statistic)

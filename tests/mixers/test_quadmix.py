@@ -443,7 +443,7 @@ def test_quadmix_passes_the_conformance_check() -> None:
 
 def test_proposals_carry_valid_distinct_reproducible_params() -> None:
     space = generic_space()
-    mixer = QuadMixMixer(QuadMixMixer.parse_config({**CONFIG, "threshold_max": 0.3}))
+    mixer = QuadMixMixer.from_config({**CONFIG, "threshold_max": 0.3})
     proposals = mixer.propose(space, [], 32, np.random.default_rng(5))
     assert_valid_mixtures(space, proposals, 32)
     parsed = [QuadMixParams.from_params(p.params, space.names, SCORES) for p in proposals]
@@ -461,7 +461,7 @@ def test_proposals_carry_valid_distinct_reproducible_params() -> None:
 
 def test_a_space_too_narrow_for_distinct_weights_still_gets_count_runs() -> None:
     space = DomainSpace.from_domains([{"name": "web"}])
-    mixer = QuadMixMixer(QuadMixMixer.parse_config(CONFIG))
+    mixer = QuadMixMixer.from_config(CONFIG)
     proposals = mixer.propose(space, [], 5, np.random.default_rng(0))
     assert_valid_mixtures(space, proposals, 5)
     assert len({str(p.params) for p in proposals}) == 5
@@ -543,7 +543,7 @@ class SimulatedTraining:
 def _must_show(seed: int) -> dict[str, float]:
     space = three_domains()
     sim = SimulatedTraining()
-    mixer = QuadMixMixer(QuadMixMixer.parse_config(CONFIG))
+    mixer = QuadMixMixer.from_config(CONFIG)
     runs = mixer.propose(space, [], 96, np.random.default_rng(seed))
     params = [QuadMixParams.from_params(r.params, DOMAINS, SCORES) for r in runs]
     y = np.array([sim.loss(r.weights, p) for r, p in zip(runs, params, strict=True)])

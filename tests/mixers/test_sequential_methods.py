@@ -30,9 +30,10 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from mixers import get_method
-from mixers.base import DomainSpace, Observation, OfflineMixer
+from mixers import offline_method
+from mixers.base import DomainSpace, Observation
 from mixers.offline._sequential import usable_runs
+from mixers.offline.base import OfflineMixer
 from mixers.offline.bayes import (
     BayesConfig,
     BayesMixer,
@@ -45,12 +46,12 @@ from mixers.testing import assert_valid_mixtures, check_offline_mixer, generic_s
 from mixopt.errors import InvalidInput
 from tests.mixers.simulator import Outcome, make_simulator, run_method
 
-METHODS = [RoundsMixer, BayesMixer]
+METHODS: list[type[OfflineMixer[Any]]] = [RoundsMixer, BayesMixer]
 ids = [m.name for m in METHODS]
 
 
-def mixer(cls: type[OfflineMixer], **config: Any) -> OfflineMixer:
-    return cls(cls.parse_config(config))
+def mixer(cls: type[OfflineMixer[Any]], **config: Any) -> OfflineMixer[Any]:
+    return cls.from_config(config)
 
 
 def weights(proposals: list[Any]) -> np.ndarray:
@@ -78,14 +79,14 @@ def quadratic_history(
 
 
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
-def test_passes_the_conformance_check(cls: type[OfflineMixer]) -> None:
+def test_passes_the_conformance_check(cls: type[OfflineMixer[Any]]) -> None:
     check_offline_mixer(cls, {"seed": 1}, generic_space())
     # Also in an unbounded space with a skewed prior, and with the fit path's settings.
     check_offline_mixer(cls, {"seed": 1}, make_simulator(5, 0).space())
 
 
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
-def test_fitted_proposals_are_valid_new_and_reproducible(cls: type[OfflineMixer]) -> None:
+def test_fitted_proposals_are_valid_new_and_reproducible(cls: type[OfflineMixer[Any]]) -> None:
     space = generic_space()  # caps, a min_weight and a max_weight
     history = quadratic_history(space, 70, 0, failed=3)
     method = mixer(cls)
@@ -105,7 +106,7 @@ def test_fitted_proposals_are_valid_new_and_reproducible(cls: type[OfflineMixer]
 
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
 @pytest.mark.parametrize("count", [1, 3])
-def test_small_counts_after_the_design(cls: type[OfflineMixer], count: int) -> None:
+def test_small_counts_after_the_design(cls: type[OfflineMixer[Any]], count: int) -> None:
     space = generic_space()
     history = quadratic_history(space, 70, 1)
     proposals = mixer(cls).propose(space, history, count, np.random.default_rng(0))
@@ -113,7 +114,7 @@ def test_small_counts_after_the_design(cls: type[OfflineMixer], count: int) -> N
 
 
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
-def test_the_first_batch_is_regmix_design(cls: type[OfflineMixer]) -> None:
+def test_the_first_batch_is_regmix_design(cls: type[OfflineMixer[Any]]) -> None:
     space = generic_space()
     ours = mixer(cls).propose(space, [], 32, np.random.default_rng(3))
     theirs = mixer(RegMixMixer).propose(space, [], 32, np.random.default_rng(3))
@@ -122,7 +123,7 @@ def test_the_first_batch_is_regmix_design(cls: type[OfflineMixer]) -> None:
 
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
 def test_falls_back_to_the_design_with_fewer_than_8_finished_runs(
-    cls: type[OfflineMixer],
+    cls: type[OfflineMixer[Any]],
 ) -> None:
     space = generic_space()
     # 70 runs, past the first round, but only 7 finished (the rest failed or were excluded).
@@ -153,7 +154,7 @@ def test_usable_runs_are_completed_not_excluded_and_finite() -> None:
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])
 def test_later_batches_move_towards_the_better_direction(
-    cls: type[OfflineMixer], direction: str
+    cls: type[OfflineMixer[Any]], direction: str
 ) -> None:
     # The objective is the squared distance to a target (or its negative, to be maximised):
     # after the design, proposals land much closer to the target than the design's runs.
@@ -283,9 +284,7 @@ def test_bayes_design_until_initial_runs() -> None:
 
 @cache
 def outcome(name: str, model: str, k: int, seed: int) -> Outcome:
-    cls = get_method("offline", name)
-    instance = cls(cls.parse_config({}))
-    assert isinstance(instance, OfflineMixer)
+    instance = offline_method(name).from_config({})
     return run_method(make_simulator(k, seed), instance, seed, model=model)
 
 

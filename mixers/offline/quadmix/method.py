@@ -13,20 +13,31 @@ parameters. Keeping them lets QuaDMix runs share the Run shape; a trainer applie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from mixers.base import DomainSpace, MethodConfig, Observation, OfflineMixer, Proposal
-from mixers.offline.quadmix.params import ParamRanges, sample_params
+from mixers.backtest import Backtest, BacktestPlan
+from mixers.base import Direction, DomainSpace, FloatArray, Observation, Proposal
+from mixers.fitting import Fit, predict
+from mixers.offline.base import OfflineMixer
+from mixers.offline.quadmix.joint import joint_feature_names, joint_features, recommend_joint
+from mixers.offline.quadmix.params import ParamRanges, QuadMixParams, sample_params
 from mixers.offline.regmix import RegMixConfig, dirichlet_design
+from mixers.recommendation import Prediction, Recommendation, SearchReport
 from mixers.registry import register
+from mixopt.errors import Conflict
 
 __all__ = ["QuadMixConfig", "QuadMixMixer"]
 
 MAX_QUALITY_SCORES = 32
+SEARCH_CANDIDATES = 20_000
+"""Joint candidates the recommendation scores (about 2 s with a 1000-tree model)."""
+SEARCH_CANDIDATES = 20_000
+"""Joint candidates the recommendation scores (about 2 s with a 1000-tree model)."""
 
 
 class QuadMixConfig(RegMixConfig):
@@ -84,14 +95,13 @@ class QuadMixConfig(RegMixConfig):
 
 
 @register
-class QuadMixMixer(OfflineMixer):
+class QuadMixMixer(OfflineMixer[QuadMixConfig]):
     name: ClassVar[str] = "quadmix"
     description: ClassVar[str] = (
         "QuaDMix: proxy runs over domain weights and per-domain quality-sampling parameters "
         "(merge weights over config.quality_scores, threshold, steepness, exponent), a "
         "regressor over both, and the recommended weights and parameters from a search."
     )
-    Config: ClassVar[type[MethodConfig]] = QuadMixConfig
 
     def propose(
         self,
@@ -106,7 +116,6 @@ class QuadMixMixer(OfflineMixer):
         in a space too narrow for ``count`` distinct mixtures (one domain, say) weights repeat
         and the (continuous, random) parameters keep the runs distinct.
         """
-        assert isinstance(self.config, QuadMixConfig)
         if count <= 0:
             return []
         existing = np.array([obs.weights for obs in history]).reshape(-1, space.k)
@@ -125,3 +134,65 @@ class QuadMixMixer(OfflineMixer):
             Proposal(np.array(row, dtype=float), p.to_params())
             for row, p in zip(design, params, strict=True)
         ]
+
+    def check_params(self, space: DomainSpace, params: Mapping[str, Any]) -> None:
+        """The fit reads every run's params: refuse bad ones when the run comes in."""
+        QuadMixParams.from_params(params, space.names, self.config.quality_scores)
+
+    def feature_names(self, space: DomainSpace) -> list[str]:
+        return joint_feature_names(space, self.config.quality_scores)
+
+    def features(
+        self, space: DomainSpace, weights: FloatArray, params: Sequence[Mapping[str, Any]]
+    ) -> FloatArray:
+        """The weights and the encoded sampling parameters (``joint.joint_features``)."""
+        parsed = [
+            QuadMixParams.from_params(p, space.names, self.config.quality_scores, loc=(i, "params"))
+            for i, p in enumerate(params)
+        ]
+        return joint_features(space, weights, parsed)
+
+    def recommend(self, space: DomainSpace, fit: Fit, rng: np.random.Generator) -> Recommendation:
+        """QuaDMix's search over weights and sampling parameters together. No baseline (the
+        paper has no neutral parameter set to compare with), no alternatives."""
+        started = time.perf_counter()
+        joint = recommend_joint(
+            space,
+            fit.estimator.predict,
+            rng,
+            score_names=self.config.quality_scores,
+            candidates=SEARCH_CANDIDATES,
+            direction=fit.direction,
+            ranges=self.config.param_ranges(),
+        )
+        features = joint_features(space, joint.weights[None, :], [joint.params])
+        value, low, high = predict(fit, features)
+        return Recommendation(
+            weights=joint.weights,
+            params=joint.params.to_params(),
+            predicted=Prediction(float(value[0]), float(low[0]), float(high[0])),
+            baseline=None,
+            p_better_than_baseline=None,
+            alternatives=(),
+            model=fit.model,
+            n_runs=fit.n_runs,
+            search=SearchReport(
+                candidates=joint.candidates,
+                top_k=joint.top_k,
+                seconds=round(time.perf_counter() - started, 4),
+                trust_region=False,
+            ),
+        )
+
+    def backtest(
+        self,
+        space: DomainSpace,
+        history: Sequence[Observation],
+        plan: BacktestPlan,
+        *,
+        direction: Direction,
+    ) -> Backtest:
+        raise Conflict(
+            "backtest replays mixtures alone; a quadmix experiment's runs also differ by "
+            "their sampling parameters"
+        )

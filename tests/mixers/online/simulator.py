@@ -23,6 +23,7 @@ the metric Aioli reports (average over groups).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -75,7 +76,7 @@ class Result:
 
 
 def simulate(
-    mixer: OnlineMixer, seed: int, total_steps: int = TOTAL_STEPS, keep_states: bool = False
+    mixer: OnlineMixer[Any], seed: int, total_steps: int = TOTAL_STEPS, keep_states: bool = False
 ) -> Result:
     """Train ``total_steps`` steps under the mixer's decisions; feedback after every segment."""
     sp = space()

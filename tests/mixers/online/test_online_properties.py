@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mixers import DomainSpace, Mixer, methods
+from mixers import DomainSpace, methods
 from mixers.base import SUM_TOLERANCE
 from mixers.online.base import Feedback, OnlineMixer, State
+from mixers.registry import online_methods
 from mixers.testing import generic_space
 
 PROPERTY = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -57,16 +58,16 @@ def method_configs(name: str, space: DomainSpace) -> list[dict[str, Any]]:
 
 CASES = [
     pytest.param(cls, config, space_name, id=f"{cls.name}-{i}-{space_name}")
-    for cls in methods()
-    if cls.mode == "online"
+    for cls in online_methods()
     for space_name, make in SPACES.items()
     for i, config in enumerate(method_configs(cls.name, make()))
 ]
 
 
-def make(cls: type[Mixer], config: dict[str, Any], space: DomainSpace) -> OnlineMixer:
-    mixer = cls(cls.parse_config(config))
-    assert isinstance(mixer, OnlineMixer)
+def make(
+    cls: type[OnlineMixer[Any]], config: dict[str, Any], space: DomainSpace
+) -> OnlineMixer[Any]:
+    mixer = cls.from_config(config)
     mixer.check_space(space)
     return mixer
 
@@ -129,7 +130,7 @@ def assert_valid(space: DomainSpace, weights: Any) -> None:
 
 
 def run(
-    mixer: OnlineMixer, space: DomainSpace, state: State, feedback: list[Feedback]
+    mixer: OnlineMixer[Any], space: DomainSpace, state: State, feedback: list[Feedback]
 ) -> list[State]:
     states = [state]
     for fb in feedback:
@@ -151,7 +152,11 @@ def run(
 @PROPERTY
 @given(data=st.data(), seed=st.integers(min_value=0, max_value=2**63 - 1))
 def test_online_mixer_properties(
-    cls: type[Mixer], config: dict[str, Any], space_name: str, data: st.DataObject, seed: int
+    cls: type[OnlineMixer[Any]],
+    config: dict[str, Any],
+    space_name: str,
+    data: st.DataObject,
+    seed: int,
 ) -> None:
     space = SPACES[space_name]()
     mixer = make(cls, config, space)

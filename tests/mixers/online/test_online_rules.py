@@ -36,7 +36,7 @@ def test_odm_policy_is_uniform_at_first_and_favours_high_reward() -> None:
 
 def test_odm_warmup_then_importance_weighted_rewards() -> None:
     sp = space()
-    mixer = OdmMixer(OdmMixer.parse_config({"warmup_steps": 100, "smoothing": 0.9}))
+    mixer = OdmMixer.from_config({"warmup_steps": 100, "smoothing": 0.9})
     state = mixer.init_state(sp, 0)
     assert mixer.decide(sp, state).phase == "warmup"
     losses = {"d0": 3.0, "d1": 1.0, "d2": 2.0}
@@ -69,20 +69,18 @@ def test_doremi_rule() -> None:
 
 def test_doremi_config_and_space_checks() -> None:
     with pytest.raises(InvalidInput):  # a config without a reference parses, but fits no space
-        DoremiMixer(DoremiMixer.parse_config({})).check_space(space())
+        DoremiMixer.from_config({}).check_space(space())
     with pytest.raises(InvalidInput):
         DoremiMixer.parse_config({"reference_losses": {"d0": 1.0}, "typo": 1})
-    mixer = DoremiMixer(DoremiMixer.parse_config({"reference_losses": {"d0": 1.0, "zz": 2.0}}))
+    mixer = DoremiMixer.from_config({"reference_losses": {"d0": 1.0, "zz": 2.0}})
     with pytest.raises(InvalidInput):
         mixer.check_space(space())
-    DoremiMixer(DoremiMixer.parse_config({"reference_run": "run-1"})).check_space(space())
+    DoremiMixer.from_config({"reference_run": "run-1"}).check_space(space())
 
 
 def test_doremi_recommend_is_the_time_average() -> None:
     sp = space(2)
-    mixer = DoremiMixer(
-        DoremiMixer.parse_config({"reference_losses": {"d0": 1.0, "d1": 1.0}, "smoothing": 0.01})
-    )
+    mixer = DoremiMixer.from_config({"reference_losses": {"d0": 1.0, "d1": 1.0}, "smoothing": 0.01})
     state = mixer.init_state(sp, 0)
     played = []
     for step in range(1, 4):
@@ -103,7 +101,7 @@ def test_aioli_recovers_a_known_interaction_matrix() -> None:
 
 def test_aioli_schedule() -> None:
     sp = space(3)
-    mixer = AioliMixer(AioliMixer.parse_config({"lp_rounds": 2, "lp_steps": 5}))
+    mixer = AioliMixer.from_config({"lp_rounds": 2, "lp_steps": 5})
     state = mixer.init_state(sp, 7)
     order = sweep_order(7, 0, 3, 2)
     assert sorted(order[:3]) == sorted(order[3:]) == [0, 1, 2]

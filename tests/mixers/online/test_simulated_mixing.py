@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from mixers import get_method
+from mixers import online_method
 from mixers.online.base import OnlineMixer
 from tests.mixers.online import simulator
 from tests.mixers.online.simulator import NAMES, USELESS, Result, reference_losses, simulate
@@ -15,10 +15,8 @@ from tests.mixers.online.simulator import NAMES, USELESS, Result, reference_loss
 SEEDS = range(5)
 
 
-def mixer(name: str, config: dict[str, Any] | None = None) -> OnlineMixer:
-    cls = get_method("online", name)
-    instance = cls(cls.parse_config(config or {}))
-    assert isinstance(instance, OnlineMixer)
+def mixer(name: str, config: dict[str, Any] | None = None) -> OnlineMixer[Any]:
+    instance = online_method(name).from_config(config or {})
     instance.check_space(simulator.space())
     return instance
 

@@ -1,0 +1,127 @@
+"""The offline mixer interface: design proxy runs, fit their results, recommend a mixture.
+
+Like an Optuna sampler, an offline mixer keeps no hidden history: every call is handed the
+experiment's runs so far. The defaults fit a regressor from the domain weights to the objective
+(``mixers.fitting``), search the mixture it predicts best (``mixers.recommendation``) and replay
+the swarm (``mixers.backtest``). A method whose runs have parameters beyond the weights
+(QuaDMix) overrides ``check_params``, ``features``, ``feature_names``, ``recommend`` and
+``backtest``.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mixers.backtest import Backtest, BacktestPlan, backtest
+from mixers.base import (
+    ConfigT,
+    Direction,
+    DomainSpace,
+    FloatArray,
+    Mixer,
+    Mode,
+    Observation,
+    Proposal,
+)
+from mixers.fitting import Fit, fit_model, predict, usable_runs
+from mixers.recommendation import SEARCH_SECONDS, Prediction, Recommendation, recommend
+from mixopt.errors import Conflict, InvalidInput
+
+__all__ = ["OfflineMixer"]
+
+
+class OfflineMixer(Mixer[ConfigT]):
+    mode: ClassVar[Mode] = "offline"
+
+    @abstractmethod
+    def propose(
+        self,
+        space: DomainSpace,
+        history: Sequence[Observation],
+        count: int,
+        rng: np.random.Generator,
+    ) -> list[Proposal]:
+        """Design ``count`` new mixtures given every run of the experiment so far."""
+
+    def check_params(self, space: DomainSpace, params: Mapping[str, Any]) -> None:
+        """Check the ``params`` of a run given from outside (an import): ``InvalidInput``
+        located under ``("params", ...)``. By default any JSON object is accepted."""
+
+    def feature_names(self, space: DomainSpace) -> list[str]:
+        """The names of the regressor's features: by default the domains."""
+        return list(space.names)
+
+    def features(
+        self, space: DomainSpace, weights: FloatArray, params: Sequence[Mapping[str, Any]]
+    ) -> FloatArray:
+        """What the regressor sees of each mixture (rows of ``weights``, space order, with
+        its ``params``): by default the weights. ``InvalidInput`` located under ``(i,
+        "params", ...)`` for the ``i``-th mixture's bad params."""
+        return np.asarray(weights, dtype=float).reshape(-1, space.k)
+
+    def fit(
+        self,
+        space: DomainSpace,
+        history: Sequence[Observation],
+        model: str,
+        *,
+        direction: Direction,
+    ) -> Fit:
+        """Cross-validate ``model`` (``auto``: every regressor) on the usable runs, refit it.
+
+        ``Conflict`` with too few usable runs; ``InvalidInput`` at ``("model",)`` for an
+        unknown model.
+        """
+        usable = usable_runs(history)
+        try:
+            features = self.features(space, usable.X, [obs.params for obs in usable.observations])
+        except InvalidInput as exc:
+            raise Conflict(f"a stored run has params this method cannot read: {exc}") from None
+        return fit_model(
+            features,
+            usable.y,
+            usable.run_ids,
+            model=model,
+            names=self.feature_names(space),
+            seed=self.config.seed or 0,
+            direction=direction,
+        )
+
+    def recommend(self, space: DomainSpace, fit: Fit, rng: np.random.Generator) -> Recommendation:
+        """The mixture ``fit`` predicts best, searched within ``SEARCH_SECONDS``: a tree
+        ensemble scores far fewer candidates per second than a linear model, so the search
+        scores as many as fit in the budget."""
+        return recommend(space, fit, rng, max_seconds=SEARCH_SECONDS)
+
+    def predict(self, fit: Fit, features: FloatArray) -> list[Prediction]:
+        """``fit``'s prediction and interval for each row of ``features`` (see ``features``,
+        which checks the mixtures: call it first)."""
+        value, low, high = predict(fit, features)
+        return [
+            Prediction(float(v), float(lo), float(hi))
+            for v, lo, hi in zip(value, low, high, strict=True)
+        ]
+
+    def backtest(
+        self,
+        space: DomainSpace,
+        history: Sequence[Observation],
+        plan: BacktestPlan,
+        *,
+        direction: Direction,
+    ) -> Backtest:
+        """Replay the usable runs by design, size and model (``mixers.backtest``)."""
+        usable = usable_runs(history)
+        return backtest(
+            space,
+            usable.X,
+            usable.y,
+            usable.run_ids,
+            plan,
+            direction=direction,
+            seed=self.config.seed or 0,
+        )

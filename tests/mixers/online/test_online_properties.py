@@ -7,7 +7,6 @@ the same feedback from a saved intermediate state ends in the same state.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from typing import Any
@@ -18,10 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mixers import DomainSpace, methods
-from mixers.base import SUM_TOLERANCE
-from mixers.online.base import Feedback, OnlineMixer, State
+from mixers.online.base import Feedback, OnlineMixer
 from mixers.registry import online_methods
-from mixers.testing import generic_space
+from mixers.testing import assert_json_pure, check_online_mixer, generic_space, replay
 
 PROPERTY = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -103,51 +101,6 @@ def feedback_lists(draw: st.DrawFn, names: tuple[str, ...], max_size: int = 24) 
     return out
 
 
-def assert_json_pure(value: Any, path: str = "state") -> None:
-    """Only dicts with str keys, lists, str, int, float (finite), bool and None."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            assert type(key) is str, f"{path} has a non-str key {key!r}"
-            assert_json_pure(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            assert_json_pure(item, f"{path}[{i}]")
-    else:
-        assert type(value) in (str, int, float, bool, type(None)), f"{path} is a {type(value)}"
-        if type(value) is float:
-            assert math.isfinite(value), f"{path} is {value}"
-
-
-def assert_valid(space: DomainSpace, weights: Any) -> None:
-    w = np.asarray(weights, dtype=float)
-    assert w.shape == (space.k,)
-    assert np.all(np.isfinite(w)), w
-    assert abs(float(w.sum()) - 1.0) <= SUM_TOLERANCE, w
-    assert space.contains(w).all(), w
-    space.validate_weights(space.to_dict(w), enforce_bounds=True)
-    # The exploration floor: only a domain whose upper bound is 0 may get no weight.
-    assert np.all(w[space.upper > 0] > 0), w
-
-
-def run(
-    mixer: OnlineMixer[Any], space: DomainSpace, state: State, feedback: list[Feedback]
-) -> list[State]:
-    states = [state]
-    for fb in feedback:
-        decision = mixer.decide(space, state)
-        assert_valid(space, decision.weights)
-        assert decision.train_steps is None or decision.train_steps >= 1
-        assert isinstance(decision.phase, str) and decision.phase
-        before = copy.deepcopy(state)
-        state = mixer.observe(space, state, fb)
-        assert states[-1] == before, "observe mutated its input state"
-        assert_json_pure(state)
-        states.append(state)
-    assert_valid(space, mixer.decide(space, state).weights)
-    assert_valid(space, mixer.recommend(space, state))
-    return states
-
-
 @pytest.mark.parametrize(("cls", "config", "space_name"), CASES)
 @PROPERTY
 @given(data=st.data(), seed=st.integers(min_value=0, max_value=2**63 - 1))
@@ -164,10 +117,10 @@ def test_online_mixer_properties(
 
     first = mixer.init_state(space, seed)
     assert_json_pure(first)
-    states = run(mixer, space, first, feedback)
+    states = replay(mixer, space, first, feedback)
 
     # Deterministic: the same seed and feedback give the same states (a fresh mixer too).
-    again = run(make(cls, config, space), space, mixer.init_state(space, seed), feedback)
+    again = replay(make(cls, config, space), space, mixer.init_state(space, seed), feedback)
     assert again == states
 
     # A JSON round trip changes nothing, and the next decision is identical.
@@ -182,8 +135,15 @@ def test_online_mixer_properties(
     # Resume: from a saved (serialised) intermediate state, replaying the rest ends the same.
     cut = data.draw(st.integers(min_value=0, max_value=len(feedback)))
     saved = json.loads(json.dumps(states[cut]))
-    resumed = run(mixer, space, saved, feedback[cut:])
+    resumed = replay(mixer, space, saved, feedback[cut:])
     assert resumed[-1] == states[-1]
+
+
+@pytest.mark.parametrize(("cls", "config", "space_name"), CASES)
+def test_every_online_method_passes_the_conformance_check(
+    cls: type[OnlineMixer[Any]], config: dict[str, Any], space_name: str
+) -> None:
+    check_online_mixer(cls, config, SPACES[space_name]())
 
 
 def test_every_online_method_is_covered() -> None:

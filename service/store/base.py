@@ -10,7 +10,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
+
+from mixopt.schemas import RunStatus
 
 __all__ = [
     "ExperimentRecord",
@@ -27,7 +29,6 @@ __all__ = [
     "WeightsRecord",
 ]
 
-Status = Literal["pending", "running", "completed", "failed"]
 T = TypeVar("T")
 
 
@@ -73,7 +74,7 @@ class NewRun:
     params: Mapping[str, Any] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
-    status: Status = "pending"
+    status: RunStatus = "pending"
     external_id: str | None = None
 
 
@@ -81,7 +82,7 @@ class NewRun:
 class RunRecord:
     id: str
     experiment_id: str
-    status: Status
+    status: RunStatus
     weights: dict[str, float]
     params: dict[str, Any]
     tags: dict[str, str]

@@ -20,7 +20,8 @@ import migrations
 
 __all__ = ["alembic_config", "current_revision", "head_revision", "upgrade"]
 
-# pg_advisory_lock key: the first 8 bytes of sha256("mixopt.migrations"), as a signed bigint.
+# pg_advisory_lock key: an arbitrary constant. Every replica, old and new, must take the same
+# lock to be serialised with the others, so it never changes.
 _LOCK_KEY = 0x2F1B6C3E5A7D9041
 
 

@@ -166,10 +166,6 @@ class SqlStore(Store):
             conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
             self._listener = WeightsChangeListener(conninfo, self._weights_cache).start()
 
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> SqlStore:
-        return cls(make_engine(url), **kwargs)
-
     def close(self) -> None:
         if self._listener is not None:
             self._listener.stop()

@@ -1,0 +1,250 @@
+"""What every aggregate of the SQL store shares: the engine, transactions, ids, pages, and the
+experiment and run rows that several aggregates read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, Row, create_engine, event, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from mixopt.errors import Gone, NotFound
+from mixopt.settings import normalise_database_url
+from service.store import schema
+from service.store.base import ExperimentRecord, NewRun, Page, RunRecord, Store
+from service.store.cursor import encode_cursor
+from service.store.models import ExperimentRow, RunRow
+from service.store.weights_cache import WeightsCache, WeightsChangeListener
+
+__all__ = ["SqlStoreBase", "make_engine", "utcnow"]
+
+_MAX_ID = 2**63 - 1
+_CHUNK = 500  # keys per IN (...) list, well under every backend's parameter limit
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """An engine configured for mixopt's concurrency rules (see ``service.store.sql``)."""
+    url = normalise_database_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 60, "check_same_thread": False},
+            pool_size=pool_size,
+            max_overflow=2 * pool_size,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+            # The driver's own transaction handling would BEGIN DEFERRED; we begin ourselves.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=FULL")  # durable when answered, even on power loss
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Connection) -> None:
+            mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+            connection.exec_driver_sql(f"BEGIN {mode}")
+
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=True)
+
+
+def _parse_id(value: str, what: str) -> int:
+    if not value.isdigit() or int(value) > _MAX_ID or int(value) < 1:
+        raise NotFound(f"{what} {value!r} not found")
+    return int(value)
+
+
+T = TypeVar("T")
+
+
+def _page(
+    rows: Sequence[Any],
+    limit: int,
+    convert: Callable[[Any], T],
+    key: Callable[[Any], list[Any]] = lambda row: [row.id],
+) -> Page[T]:
+    """Keyset pagination: ``rows`` were fetched with ``limit + 1``; the extra row says more."""
+    page = rows[:limit]
+    next_cursor = encode_cursor(key(page[-1])) if len(rows) > limit else None
+    return Page([convert(r) for r in page], next_cursor)
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+_WEIGHTS_CHANGED = "mixopt_weights_changed"
+"""Key in ``Connection.info``: the runs whose weights a transaction changed."""
+
+
+class SqlStoreBase(Store):
+    """The engine, transactions and the rows every aggregate reads.
+
+    ``weights_cache``: answer current-weights reads from memory (Postgres only; see
+    ``service.store.weights_cache`` for why it stays correct across replicas)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        weights_cache: bool = False,
+    ) -> None:
+        self.engine = engine
+        self._clock = clock
+        self._dialect = engine.dialect.name
+        self._weights_cache: WeightsCache | None = None
+        self._listener: WeightsChangeListener | None = None
+        if weights_cache and self._dialect == "postgresql":
+            self._weights_cache = WeightsCache()
+            conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._listener = WeightsChangeListener(conninfo, self._weights_cache).start()
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+        self.engine.dispose()
+
+    def wait_weights_cache(self, timeout: float = 10.0) -> bool:
+        """Block until the weights cache answers (its listener is connected); False if it has
+        none or it did not connect in time."""
+        return self._listener is not None and self._listener.wait_connected(timeout)
+
+    # --- transactions -------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(sqlite_begin="IMMEDIATE")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                # After the commit (or the rollback), never before: a reader between an early
+                # invalidation and the commit would cache the old version again.
+                changed = conn.info.pop(_WEIGHTS_CHANGED, ())
+                if self._weights_cache is not None:
+                    for rid in changed:
+                        self._weights_cache.invalidate(rid)
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(sqlite_begin="DEFERRED")
+            with conn.begin():
+                yield conn
+
+    def _insert(self, table: Any) -> Any:
+        """A dialect-specific INSERT, which has ON CONFLICT."""
+        return (postgresql if self._dialect == "postgresql" else sqlite).insert(table)
+
+    def check_ready(self) -> None:
+        with self._read() as conn:
+            current = schema.current_revision(conn)
+        head = schema.head_revision()
+        if current != head:
+            raise RuntimeError(f"database schema is at {current}, not at head {head}")
+
+    # --- rows shared by several aggregates ----------------------------------------------------
+
+    @staticmethod
+    def _experiment(row: Row[Any], counts: dict[str, int]) -> ExperimentRecord:
+        return ExperimentRecord(
+            id=str(row.id),
+            name=row.name,
+            mode=row.mode,
+            method=row.method,
+            domains=row.domains,
+            objective=row.objective,
+            config=row.config,
+            status=row.status,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            archived_at=row.archived_at,
+            counts=counts,
+        )
+
+    def _load_experiment(
+        self, conn: Connection, experiment_id: int, *, lock: bool = False
+    ) -> Row[Any]:
+        query = select(ExperimentRow).where(ExperimentRow.id == experiment_id)
+        if lock and self._dialect == "postgresql":
+            query = query.with_for_update(read=True)
+        row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"experiment {experiment_id} not found")
+        return row
+
+    def _active_experiment(self, conn: Connection, experiment_id: int) -> Row[Any]:
+        row = self._load_experiment(conn, experiment_id, lock=True)
+        if row.status != "active":
+            raise Gone(f"experiment {experiment_id} is archived and accepts no new runs")
+        return row
+
+    @staticmethod
+    def _run(row: Row[Any]) -> RunRecord:
+        return RunRecord(
+            id=str(row.id),
+            experiment_id=str(row.experiment_id),
+            status=row.status,
+            weights=row.weights,
+            params=row.params,
+            tags=row.tags,
+            metrics=row.metrics,
+            excluded=row.excluded,
+            reason=row.reason,
+            worker=row.worker,
+            lease_expires_at=row.lease_expires_at,
+            attempt=row.attempt,
+            external_id=row.external_id,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def _load_run(self, conn: Connection, run_id: int, *, lock: bool = False) -> Row[Any]:
+        query = select(RunRow).where(RunRow.id == run_id)
+        if lock:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"run {run_id} not found")
+        return row
+
+    def _runs_by_request(
+        self, conn: Connection, experiment_id: int, request_id: str
+    ) -> list[RunRecord] | None:
+        rows = conn.execute(
+            select(RunRow)
+            .where(RunRow.experiment_id == experiment_id, RunRow.request_id == request_id)
+            .order_by(RunRow.request_index)
+        ).all()
+        return [self._run(r) for r in rows] or None
+
+    def _run_values(self, run: NewRun, experiment_id: int, now: datetime) -> dict[str, Any]:
+        return {
+            "experiment_id": experiment_id,
+            "status": run.status,
+            "weights": dict(run.weights),
+            "params": dict(run.params),
+            "tags": dict(run.tags),
+            "metrics": dict(run.metrics),
+            "excluded": False,
+            "attempt": 1,
+            "external_id": run.external_id,
+            "created_at": now,
+            "updated_at": now,
+        }

@@ -1,0 +1,356 @@
+"""Online runs: the mixer state (compare-and-swap on its version), its weights versions, the
+feedback folded into it, and resume."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, Select, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from mixopt.errors import Conflict, NotFound
+from service.store.base import (
+    FeedbackContext,
+    NewRun,
+    OnlineState,
+    Page,
+    RunRecord,
+    StaleVersion,
+    WeightsRecord,
+)
+from service.store.cursor import decode_cursor
+from service.store.models import ExperimentRow, FeedbackRow, MixerStateRow, RunRow, WeightVersionRow
+from service.store.sql._base import _WEIGHTS_CHANGED, SqlStoreBase, _page, _parse_id
+from service.store.weights_cache import CHANNEL as WEIGHTS_CHANNEL
+
+__all__ = ["OnlineStore"]
+
+
+class OnlineStore(SqlStoreBase):
+    @staticmethod
+    def _weights(row: Row[Any]) -> WeightsRecord:
+        return WeightsRecord(
+            run_id=str(row.run_id),
+            version=row.version,
+            step=row.step,
+            weights=row.weights,
+            phase=row.phase,
+            train_steps=row.train_steps,
+            created_at=row.created_at,
+            superseded=row.superseded,
+        )
+
+    def _add_version(
+        self,
+        conn: Connection,
+        rid: int,
+        version: int,
+        step: int,
+        weights: Mapping[str, float],
+        phase: str,
+        train_steps: int | None,
+        state: Mapping[str, Any],
+        now: datetime,
+    ) -> WeightsRecord:
+        """Write a new weights version and make them the run's current weights."""
+        row = conn.execute(
+            insert(WeightVersionRow)
+            .values(
+                run_id=rid,
+                version=version,
+                step=step,
+                weights=dict(weights),
+                phase=phase,
+                train_steps=train_steps,
+                state=dict(state),
+                superseded=False,
+                created_at=now,
+            )
+            .returning(*WeightVersionRow.__table__.columns)
+        ).one()
+        conn.execute(
+            update(RunRow).where(RunRow.id == rid).values(weights=dict(weights), updated_at=now)
+        )
+        conn.info.setdefault(_WEIGHTS_CHANGED, set()).add(rid)
+        if self._dialect == "postgresql":
+            # Delivered at commit to every replica's weights cache (and only if it commits).
+            conn.execute(select(func.pg_notify(WEIGHTS_CHANNEL, str(rid))))
+        return self._weights(row)
+
+    def start_online_run(
+        self,
+        experiment_id: str,
+        *,
+        name: str,
+        total_steps: int | None,
+        tags: Mapping[str, str],
+        request_id: str | None,
+        state: Mapping[str, Any],
+        weights: Mapping[str, float],
+        phase: str,
+        train_steps: int | None,
+    ) -> tuple[RunRecord, bool]:
+        eid = _parse_id(experiment_id, "experiment")
+        now = self._clock()
+        try:
+            with self._write() as conn:
+                self._active_experiment(conn, eid)
+                if request_id is not None:
+                    earlier = self._runs_by_request(conn, eid, request_id)
+                    if earlier is not None:
+                        return earlier[0], False
+                values = {
+                    **self._run_values(NewRun(weights, tags=tags, status="running"), eid, now),
+                    "name": name,
+                    "total_steps": total_steps,
+                    "request_id": request_id,
+                    "request_index": 0 if request_id is not None else None,
+                }
+                run_id = conn.execute(
+                    insert(RunRow).values(**values).returning(RunRow.id)
+                ).scalar_one()
+                conn.execute(
+                    insert(MixerStateRow).values(
+                        run_id=run_id, version=1, state=dict(state), frozen=False, updated_at=now
+                    )
+                )
+                self._add_version(conn, run_id, 1, 0, weights, phase, train_steps, state, now)
+                return self._run(self._load_run(conn, run_id)), True
+        except IntegrityError:
+            if request_id is None:
+                raise
+            with self._read() as conn:  # a concurrent retry with this request_id won
+                earlier = self._runs_by_request(conn, eid, request_id)
+            if earlier is None:
+                raise
+            return earlier[0], False
+
+    def _online_state(self, conn: Connection, rid: int) -> Row[Any]:
+        row: Row[Any] | None = conn.execute(
+            select(
+                MixerStateRow.version,
+                MixerStateRow.state,
+                MixerStateRow.frozen,
+                RunRow.experiment_id,
+            )
+            .join(RunRow, RunRow.id == MixerStateRow.run_id)
+            .where(MixerStateRow.run_id == rid)
+        ).first()
+        if row is None:
+            self._load_run(conn, rid)  # NotFound for unknown runs
+            raise NotFound(f"run {rid} is not an online training run")
+        return row
+
+    def online_state(self, run_id: str) -> OnlineState:
+        rid = _parse_id(run_id, "run")
+        with self._read() as conn:
+            row = self._online_state(conn, rid)
+        return OnlineState(
+            run_id=str(rid),
+            experiment_id=str(row.experiment_id),
+            version=row.version,
+            state=row.state,
+            frozen=row.frozen,
+        )
+
+    def cached_weights(self, run_id: str) -> WeightsRecord | None:
+        if self._weights_cache is None or not run_id.isdigit():
+            return None
+        return self._weights_cache.get(int(run_id))
+
+    def get_weights(self, run_id: str, at_step: int | None = None) -> WeightsRecord:
+        rid = _parse_id(run_id, "run")
+        cache = self._weights_cache if at_step is None else None
+        ticket = cache.ticket(rid) if cache is not None else None
+        query = (
+            select(WeightVersionRow)
+            .where(WeightVersionRow.run_id == rid, WeightVersionRow.superseded.is_(False))
+            .order_by(WeightVersionRow.version.desc())
+            .limit(1)
+        )
+        if at_step is not None:
+            query = query.where(WeightVersionRow.step <= at_step)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+            if row is None:
+                self._online_state(conn, rid)  # NotFound unless it is an online run
+                raise NotFound(f"run {rid} has no weights at step {at_step}")
+        record = self._weights(row)
+        if cache is not None and ticket is not None:
+            cache.put(ticket, record)
+        return record
+
+    def weights_history(
+        self, run_id: str, *, limit: int, cursor: str | None
+    ) -> Page[WeightsRecord]:
+        rid = _parse_id(run_id, "run")
+        query = (
+            select(WeightVersionRow)
+            .where(WeightVersionRow.run_id == rid)
+            .order_by(WeightVersionRow.version)
+            .limit(limit + 1)
+        )
+        if cursor is not None:
+            (after,) = decode_cursor(cursor, (int,))
+            query = query.where(WeightVersionRow.version > after)
+        with self._read() as conn:
+            self._online_state(conn, rid)
+            rows = conn.execute(query).all()
+        return _page(rows, limit, self._weights, key=lambda r: [r.version])
+
+    def feedback_context(self, run_id: str, step: int) -> FeedbackContext:
+        rid = _parse_id(run_id, "run")
+        recorded = (
+            select(FeedbackRow.body)
+            .where(
+                FeedbackRow.run_id == rid,
+                FeedbackRow.step == step,
+                FeedbackRow.superseded.is_(False),
+            )
+            .scalar_subquery()
+        )
+        query: Select[Any] = (
+            select(
+                *ExperimentRow.__table__.columns,
+                MixerStateRow.version.label("state_version"),
+                MixerStateRow.state.label("state_body"),
+                MixerStateRow.frozen.label("state_frozen"),
+                recorded.label("recorded"),
+            )
+            .select_from(MixerStateRow)
+            .join(RunRow, RunRow.id == MixerStateRow.run_id)
+            .join(ExperimentRow, ExperimentRow.id == RunRow.experiment_id)
+            .where(MixerStateRow.run_id == rid)
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+            if row is None:
+                self._online_state(conn, rid)  # the right NotFound
+                raise NotFound(f"run {rid} is not an online training run")
+        state = OnlineState(
+            run_id=str(rid),
+            experiment_id=str(row.id),
+            version=row.state_version,
+            state=row.state_body,
+            frozen=row.state_frozen,
+        )
+        return FeedbackContext(state, self._experiment(row, {}), row.recorded)
+
+    def last_feedback(self, run_id: str) -> dict[str, Any] | None:
+        rid = _parse_id(run_id, "run")
+        with self._read() as conn:
+            body: dict[str, Any] | None = conn.execute(
+                select(FeedbackRow.body)
+                .where(FeedbackRow.run_id == rid, FeedbackRow.superseded.is_(False))
+                .order_by(FeedbackRow.step.desc())
+                .limit(1)
+            ).scalar()
+        return body
+
+    def apply_feedback(
+        self,
+        run_id: str,
+        *,
+        expected_version: int,
+        step: int,
+        body: Mapping[str, Any],
+        state: Mapping[str, Any],
+        weights: Mapping[str, float],
+        phase: str,
+        train_steps: int | None,
+    ) -> WeightsRecord:
+        rid = _parse_id(run_id, "run")
+        now = self._clock()
+        new_version = expected_version + 1
+        try:
+            with self._write() as conn:
+                moved = conn.execute(
+                    update(MixerStateRow)
+                    .where(
+                        MixerStateRow.run_id == rid,
+                        MixerStateRow.version == expected_version,
+                        MixerStateRow.frozen.is_(False),
+                    )
+                    .values(version=new_version, state=dict(state), updated_at=now)
+                ).rowcount
+                if moved != 1:
+                    current = self._online_state(conn, rid)
+                    if current.frozen:
+                        raise Conflict(f"run {rid} is completed; its mixer state is frozen")
+                    raise StaleVersion(f"run {rid} is at version {current.version}")
+                conn.execute(
+                    insert(FeedbackRow).values(
+                        run_id=rid,
+                        step=step,
+                        version=body.get("version"),
+                        body=dict(body),
+                        superseded=False,
+                        created_at=now,
+                    )
+                )
+                return self._add_version(
+                    conn, rid, new_version, step, weights, phase, train_steps, state, now
+                )
+        except IntegrityError as exc:
+            # Another replica recorded feedback for this step first (or took this version).
+            raise StaleVersion(f"run {rid}: concurrent feedback") from exc
+
+    def resume(self, run_id: str, step: int) -> WeightsRecord:
+        rid = _parse_id(run_id, "run")
+        now = self._clock()
+        with self._write() as conn:
+            current = conn.execute(
+                select(MixerStateRow).where(MixerStateRow.run_id == rid).with_for_update()
+            ).first()
+            if current is None:
+                self._online_state(conn, rid)
+                raise NotFound(f"run {rid} is not an online training run")
+            if current.frozen:
+                raise Conflict(f"run {rid} is completed; it cannot resume")
+            target = conn.execute(
+                select(WeightVersionRow)
+                .where(
+                    WeightVersionRow.run_id == rid,
+                    WeightVersionRow.superseded.is_(False),
+                    WeightVersionRow.step <= step,
+                )
+                .order_by(WeightVersionRow.version.desc())
+                .limit(1)
+            ).one()
+            conn.execute(
+                update(FeedbackRow)
+                .where(
+                    FeedbackRow.run_id == rid,
+                    FeedbackRow.step > step,
+                    FeedbackRow.superseded.is_(False),
+                )
+                .values(superseded=True)
+            )
+            conn.execute(
+                update(WeightVersionRow)
+                .where(
+                    WeightVersionRow.run_id == rid,
+                    WeightVersionRow.version > target.version,
+                    WeightVersionRow.superseded.is_(False),
+                )
+                .values(superseded=True)
+            )
+            new_version = current.version + 1
+            conn.execute(
+                update(MixerStateRow)
+                .where(MixerStateRow.run_id == rid)
+                .values(version=new_version, state=target.state, updated_at=now)
+            )
+            return self._add_version(
+                conn,
+                rid,
+                new_version,
+                step,
+                target.weights,
+                target.phase,
+                target.train_steps,
+                target.state,
+                now,
+            )

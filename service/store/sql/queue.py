@@ -1,0 +1,331 @@
+"""Runs and the queue: add, import, list; claim, heartbeat, complete, fail, release, exclude,
+expire."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from mixopt.errors import Conflict, LeaseLost
+from service.store.base import NewRun, Page, RunRecord
+from service.store.cursor import decode_cursor
+from service.store.models import ExperimentRow, MixerStateRow, RunRow
+from service.store.sql._base import SqlStoreBase, _page, _parse_id
+
+__all__ = ["QueueStore"]
+
+
+class QueueStore(SqlStoreBase):
+    def add_runs(
+        self, experiment_id: str, runs: Sequence[NewRun], request_id: str | None = None
+    ) -> list[RunRecord]:
+        eid = _parse_id(experiment_id, "experiment")
+        now = self._clock()
+        try:
+            with self._write() as conn:
+                self._active_experiment(conn, eid)
+                if request_id is not None:
+                    earlier = self._runs_by_request(conn, eid, request_id)
+                    if earlier is not None:
+                        return earlier
+                values = [
+                    {
+                        **self._run_values(run, eid, now),
+                        "request_id": request_id,
+                        "request_index": i if request_id is not None else None,
+                    }
+                    for i, run in enumerate(runs)
+                ]
+                if not values:
+                    return []
+                ids = (
+                    conn.execute(
+                        insert(RunRow).returning(RunRow.id, sort_by_parameter_order=True), values
+                    )
+                    .scalars()
+                    .all()
+                )
+                rows = conn.execute(
+                    select(RunRow).where(RunRow.id.in_(ids)).order_by(RunRow.id)
+                ).all()
+                return [self._run(r) for r in rows]
+        except IntegrityError:
+            # A concurrent retry with the same request_id won the race: answer with its runs.
+            if request_id is None:
+                raise
+            with self._read() as conn:
+                earlier = self._runs_by_request(conn, eid, request_id)
+            if earlier is None:
+                raise
+            return earlier
+
+    def runs_for_request(self, experiment_id: str, request_id: str) -> list[RunRecord] | None:
+        eid = _parse_id(experiment_id, "experiment")
+        with self._read() as conn:
+            self._load_experiment(conn, eid)
+            return self._runs_by_request(conn, eid, request_id)
+
+    def _same_import(self, stored: Row[Any], run: NewRun) -> RunRecord:
+        if stored.weights != dict(run.weights) or stored.metrics != dict(run.metrics):
+            raise Conflict(
+                f"external_id {run.external_id!r} is already stored with other weights or metrics"
+            )
+        return self._run(stored)
+
+    def import_run(self, experiment_id: str, run: NewRun) -> tuple[RunRecord, bool]:
+        eid = _parse_id(experiment_id, "experiment")
+        now = self._clock()
+
+        def by_external_id(conn: Connection) -> Row[Any] | None:
+            return conn.execute(
+                select(RunRow).where(
+                    RunRow.experiment_id == eid, RunRow.external_id == run.external_id
+                )
+            ).first()
+
+        try:
+            with self._write() as conn:
+                self._active_experiment(conn, eid)
+                if run.external_id is not None:
+                    stored = by_external_id(conn)
+                    if stored is not None:
+                        return self._same_import(stored, run), False
+                new_id = conn.execute(
+                    insert(RunRow).values(**self._run_values(run, eid, now)).returning(RunRow.id)
+                ).scalar_one()
+                return self._run(self._load_run(conn, new_id)), True
+        except IntegrityError:
+            if run.external_id is None:
+                raise
+            with self._read() as conn:  # a concurrent import of the same external_id won
+                stored = by_external_id(conn)
+            if stored is None:
+                raise
+            return self._same_import(stored, run), False
+
+    def get_run(self, run_id: str) -> RunRecord:
+        rid = _parse_id(run_id, "run")
+        with self._read() as conn:
+            return self._run(self._load_run(conn, rid))
+
+    def list_runs(
+        self,
+        experiment_id: str,
+        *,
+        status: str | None = None,
+        excluded: bool | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[RunRecord]:
+        eid = _parse_id(experiment_id, "experiment")
+        query = (
+            select(RunRow).where(RunRow.experiment_id == eid).order_by(RunRow.id).limit(limit + 1)
+        )
+        if status is not None:
+            query = query.where(RunRow.status == status)
+        if excluded is not None:
+            query = query.where(RunRow.excluded == excluded)
+        if cursor is not None:
+            (after,) = decode_cursor(cursor, (int,))
+            query = query.where(RunRow.id > after)
+        with self._read() as conn:
+            self._load_experiment(conn, eid)
+            rows = conn.execute(query).all()
+        return _page(rows, limit, self._run)
+
+    # --- the queue ----------------------------------------------------------------------------
+
+    def _expire(self, conn: Connection, now: datetime, experiment_id: int | None = None) -> int:
+        """Return expired leases: pending with attempt + 1, or failed after max_attempts.
+
+        An expired lease counts as a failed attempt (the worker crashed or hung), as Optuna's
+        heartbeat + retry callback treats a stale trial.
+        """
+        query = (
+            select(RunRow.id, RunRow.attempt, ExperimentRow.config)
+            .join(ExperimentRow, ExperimentRow.id == RunRow.experiment_id)
+            .where(RunRow.status == "running", RunRow.lease_expires_at < now)
+        )
+        if experiment_id is not None:
+            query = query.where(RunRow.experiment_id == experiment_id)
+        if self._dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=RunRow)
+        expired = conn.execute(query).all()
+        for run_id, attempt, config in expired:
+            max_attempts = int(config.get("max_attempts", 3))
+            values: dict[str, Any] = {
+                "worker": None,
+                "lease_expires_at": None,
+                "updated_at": now,
+                "reason": "lease expired",
+            }
+            if attempt >= max_attempts:
+                values["status"] = "failed"
+            else:
+                values.update(status="pending", attempt=attempt + 1)
+            conn.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id, RunRow.status == "running")
+                .values(**values)
+            )
+        return len(expired)
+
+    def expire_leases(self) -> int:
+        with self._write() as conn:
+            return self._expire(conn, self._clock())
+
+    def claim(self, experiment_id: str, worker: str, lease_seconds: int) -> RunRecord | None:
+        eid = _parse_id(experiment_id, "experiment")
+        now = self._clock()
+        with self._write() as conn:
+            if self._active_experiment(conn, eid).mode != "offline":
+                raise Conflict(f"experiment {eid} is online: its runs are not claimed")
+            self._expire(conn, now, eid)
+            query = (
+                select(RunRow.id)
+                .where(
+                    RunRow.experiment_id == eid,
+                    RunRow.status == "pending",
+                    RunRow.excluded.is_(False),
+                )
+                .order_by(RunRow.id)
+                .limit(1)
+            )
+            if self._dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            run_id = conn.execute(query).scalar()
+            if run_id is None:
+                return None
+            conn.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id)
+                .values(
+                    status="running",
+                    worker=worker,
+                    last_worker=worker,
+                    lease_seconds=lease_seconds,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds),
+                    updated_at=now,
+                )
+            )
+            return self._run(self._load_run(conn, run_id))
+
+    def heartbeat(self, run_id: str, worker: str, lease_seconds: int | None = None) -> RunRecord:
+        rid = _parse_id(run_id, "run")
+        now = self._clock()
+        with self._write() as conn:
+            row = self._load_run(conn, rid, lock=True)
+            if row.status != "running" or row.worker != worker:
+                raise LeaseLost(f"worker {worker!r} does not hold the lease of run {rid}")
+            seconds = lease_seconds or row.lease_seconds or 600
+            conn.execute(
+                update(RunRow)
+                .where(RunRow.id == rid)
+                .values(
+                    lease_seconds=seconds,
+                    lease_expires_at=now + timedelta(seconds=seconds),
+                    updated_at=now,
+                )
+            )
+            return self._run(self._load_run(conn, rid))
+
+    @staticmethod
+    def _held_by(row: Row[Any], worker: str) -> bool:
+        """``worker`` holds the lease, or held the last one and nobody re-claimed the run."""
+        if row.status == "running":
+            return bool(row.worker == worker)
+        return row.status == "pending" and row.worker is None and row.last_worker == worker
+
+    def complete(self, run_id: str, metrics: Mapping[str, float], worker: str | None) -> RunRecord:
+        rid = _parse_id(run_id, "run")
+        now = self._clock()
+        with self._write() as conn:
+            row = self._load_run(conn, rid, lock=True)
+            if row.status == "completed":
+                if row.metrics != dict(metrics):
+                    raise Conflict(f"run {rid} is already completed with other metrics")
+                return self._run(row)
+            if row.status == "failed":
+                raise Conflict(f"run {rid} has failed; it cannot be completed")
+            if worker is not None and not self._held_by(row, worker):
+                raise LeaseLost(f"worker {worker!r} does not hold the lease of run {rid}")
+            conn.execute(
+                update(RunRow)
+                .where(RunRow.id == rid)
+                .values(
+                    status="completed",
+                    metrics=dict(metrics),
+                    worker=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+            )
+            # An online run's mixer state is frozen with it (no-op for offline runs).
+            conn.execute(
+                update(MixerStateRow)
+                .where(MixerStateRow.run_id == rid)
+                .values(frozen=True, updated_at=now)
+            )
+            return self._run(self._load_run(conn, rid))
+
+    def fail(self, run_id: str, reason: str, worker: str | None) -> RunRecord:
+        rid = _parse_id(run_id, "run")
+        now = self._clock()
+        with self._write() as conn:
+            row = self._load_run(conn, rid, lock=True)
+            if row.status == "completed":
+                raise Conflict(f"run {rid} is completed; it cannot fail")
+            if row.status == "failed":
+                return self._run(row)
+            if worker is not None:
+                if not self._held_by(row, worker):
+                    raise LeaseLost(f"worker {worker!r} does not hold the lease of run {rid}")
+                if row.status == "pending":
+                    # The lease already expired (or this is a retry): that attempt was counted.
+                    return self._run(row)
+            max_attempts = int(
+                self._load_experiment(conn, row.experiment_id).config.get("max_attempts", 3)
+            )
+            values: dict[str, Any] = {
+                "worker": None,
+                "lease_expires_at": None,
+                "reason": reason or None,
+                "updated_at": now,
+            }
+            if row.attempt >= max_attempts:
+                values["status"] = "failed"
+            else:
+                values.update(status="pending", attempt=row.attempt + 1)
+            conn.execute(update(RunRow).where(RunRow.id == rid).values(**values))
+            return self._run(self._load_run(conn, rid))
+
+    def release(self, run_id: str, worker: str) -> RunRecord:
+        rid = _parse_id(run_id, "run")
+        now = self._clock()
+        with self._write() as conn:
+            row = self._load_run(conn, rid, lock=True)
+            if not self._held_by(row, worker):
+                raise LeaseLost(f"worker {worker!r} does not hold the lease of run {rid}")
+            if row.status == "running":
+                conn.execute(
+                    update(RunRow)
+                    .where(RunRow.id == rid)
+                    .values(status="pending", worker=None, lease_expires_at=None, updated_at=now)
+                )
+            return self._run(self._load_run(conn, rid))
+
+    def exclude(self, run_id: str, excluded: bool, reason: str | None) -> RunRecord:
+        rid = _parse_id(run_id, "run")
+        now = self._clock()
+        with self._write() as conn:
+            self._load_run(conn, rid, lock=True)
+            conn.execute(
+                update(RunRow)
+                .where(RunRow.id == rid)
+                .values(excluded=excluded, reason=reason, updated_at=now)
+            )
+            return self._run(self._load_run(conn, rid))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pytest
 
@@ -25,6 +27,33 @@ def new_experiment(name: str = "exp", **config: Any) -> NewExperiment:
         objective={"metrics": {"loss": 1.0}, "direction": "minimize"},
         config={"seed": 1, "max_attempts": 3, **config},
     )
+
+
+T = TypeVar("T")
+
+
+def at_once(call: Callable[[], T], n: int = 8) -> list[T]:
+    """``call`` from ``n`` threads released together; every answer, or the first error."""
+    barrier = threading.Barrier(n)
+    answers: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            answers.append(call())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    if errors:
+        raise errors[0]
+    assert len(answers) == n
+    return answers
 
 
 def pending_runs(store: SqlStore, experiment_id: str, n: int) -> list[str]:
@@ -107,6 +136,14 @@ def test_add_runs_with_request_id_is_idempotent(store: SqlStore) -> None:
     assert store.runs_for_request(experiment.id, "r2") is None
 
 
+def test_concurrent_retries_of_one_request_id_create_the_runs_once(store: SqlStore) -> None:
+    experiment = store.create_experiment(new_experiment())
+    runs = [NewRun({"web": 0.3, "code": 0.7}), NewRun({"web": 0.9, "code": 0.1})]
+    answers = at_once(lambda: store.add_runs(experiment.id, runs, request_id="r1"))
+    assert all(answer == answers[0] for answer in answers)
+    assert [r.id for r in store.iter_runs(experiment.id)] == [r.id for r in answers[0]]
+
+
 def test_import_is_idempotent_on_external_id(store: SqlStore) -> None:
     experiment = store.create_experiment(new_experiment())
     run = NewRun(
@@ -135,6 +172,15 @@ def test_import_is_idempotent_on_external_id(store: SqlStore) -> None:
                 external_id="swarm-7",
             ),
         )
+
+
+def test_concurrent_imports_of_one_external_id_store_it_once(store: SqlStore) -> None:
+    experiment = store.create_experiment(new_experiment())
+    run = NewRun({"web": 0.2, "code": 0.8}, metrics={"loss": 3.1}, external_id="swarm-7")
+    answers = at_once(lambda: store.import_run(experiment.id, run))
+    assert sorted(created for _, created in answers) == [False] * 7 + [True]
+    assert len({stored.id for stored, _ in answers}) == 1
+    assert len(list(store.iter_runs(experiment.id))) == 1
 
 
 def test_claim_hands_out_oldest_pending_run_then_none(store: SqlStore) -> None:

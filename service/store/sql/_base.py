@@ -8,15 +8,17 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, create_engine, event, select
+from sqlalchemy import Connection, Engine, Row, Select, create_engine, event, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from mixopt.errors import Gone, NotFound
 from mixopt.settings import normalise_database_url
 from service.store import schema
 from service.store.base import ExperimentRecord, NewRun, Page, RunRecord, Store
-from service.store.cursor import encode_cursor
+from service.store.cursor import decode_cursor, encode_cursor
 from service.store.models import ExperimentRow, RunRow
 from service.store.weights_cache import WeightsCache, WeightsChangeListener
 
@@ -80,6 +82,23 @@ def _page(
     page = rows[:limit]
     next_cursor = encode_cursor(key(page[-1])) if len(rows) > limit else None
     return Page([convert(r) for r in page], next_cursor)
+
+
+def _keyset(
+    query: Select[Any],
+    column: InstrumentedAttribute[int],
+    cursor: str | None,
+    limit: int,
+    *,
+    descending: bool = False,
+) -> Select[Any]:
+    """``query`` ordered by ``column`` and resumed after ``cursor``, one row more than ``limit``
+    (for ``_page``)."""
+    query = query.order_by(column.desc() if descending else column).limit(limit + 1)
+    if cursor is not None:
+        (last,) = decode_cursor(cursor, (int,))
+        query = query.where(column < last if descending else column > last)
+    return query
 
 
 def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
@@ -223,6 +242,38 @@ class SqlStoreBase(Store):
         if row is None:
             raise NotFound(f"run {run_id} not found")
         return row
+
+    def _insert_once(
+        self,
+        experiment_id: int,
+        key: str | None,
+        find: Callable[[Connection, str], T | None],
+        insert: Callable[[Connection], T],
+    ) -> T:
+        """``insert`` into an active experiment at most once per ``key`` (a request_id or an
+        external_id; with None, always insert).
+
+        ``find`` answers what an earlier call with ``key`` stored, or None. When the insert
+        breaks a unique constraint, a concurrent call with the same key committed first:
+        ``find`` then answers what that winner stored, in a transaction of its own (and if it
+        finds nothing, the constraint broken was another one: the error is raised).
+        """
+        try:
+            with self._write() as conn:
+                self._active_experiment(conn, experiment_id)
+                if key is not None:
+                    earlier = find(conn, key)
+                    if earlier is not None:
+                        return earlier
+                return insert(conn)
+        except IntegrityError:
+            if key is None:
+                raise
+            with self._read() as conn:
+                earlier = find(conn, key)
+            if earlier is None:
+                raise
+            return earlier
 
     def _runs_by_request(
         self, conn: Connection, experiment_id: int, request_id: str

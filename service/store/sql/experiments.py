@@ -10,9 +10,8 @@ from sqlalchemy.exc import IntegrityError
 
 from mixopt.errors import Conflict
 from service.store.base import ExperimentRecord, NewExperiment, Page
-from service.store.cursor import decode_cursor
 from service.store.models import ExperimentRow, RunRow
-from service.store.sql._base import SqlStoreBase, _page, _parse_id
+from service.store.sql._base import SqlStoreBase, _keyset, _page, _parse_id
 
 __all__ = ["ExperimentStore"]
 
@@ -70,12 +69,10 @@ class ExperimentStore(SqlStoreBase):
     def list_experiments(
         self, *, status: str | None, limit: int, cursor: str | None
     ) -> Page[ExperimentRecord]:
-        query = select(ExperimentRow).order_by(ExperimentRow.id.desc()).limit(limit + 1)
+        query = select(ExperimentRow)
         if status is not None:
             query = query.where(ExperimentRow.status == status)
-        if cursor is not None:
-            (after,) = decode_cursor(cursor, (int,))
-            query = query.where(ExperimentRow.id < after)
+        query = _keyset(query, ExperimentRow.id, cursor, limit, descending=True)
         with self._read() as conn:
             rows = conn.execute(query).all()
             counts = self._counts(conn, [r.id for r in rows[:limit]])

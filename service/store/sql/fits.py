@@ -9,9 +9,8 @@ from sqlalchemy import Row, insert, select
 
 from mixopt.errors import NotFound
 from service.store.base import FitRecord, Page
-from service.store.cursor import decode_cursor
 from service.store.models import FitRow
-from service.store.sql._base import SqlStoreBase, _page, _parse_id
+from service.store.sql._base import SqlStoreBase, _keyset, _page, _parse_id
 
 __all__ = ["FitStore"]
 
@@ -81,15 +80,13 @@ class FitStore(SqlStoreBase):
 
     def list_fits(self, experiment_id: str, *, limit: int, cursor: str | None) -> Page[FitRecord]:
         eid = _parse_id(experiment_id, "experiment")
-        query = (
-            select(*self._FIT_COLUMNS)
-            .where(FitRow.experiment_id == eid)
-            .order_by(FitRow.id.desc())
-            .limit(limit + 1)
+        query = _keyset(
+            select(*self._FIT_COLUMNS).where(FitRow.experiment_id == eid),
+            FitRow.id,
+            cursor,
+            limit,
+            descending=True,
         )
-        if cursor is not None:
-            (before,) = decode_cursor(cursor, (int,))
-            query = query.where(FitRow.id < before)
         with self._read() as conn:
             self._load_experiment(conn, eid)
             rows = conn.execute(query).all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Connection, Row, Select, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -20,9 +20,8 @@ from service.store.base import (
     StaleVersion,
     WeightsRecord,
 )
-from service.store.cursor import decode_cursor
 from service.store.models import ExperimentRow, FeedbackRow, MixerStateRow, RunRow, WeightVersionRow
-from service.store.sql._base import _WEIGHTS_CHANGED, SqlStoreBase, _page, _parse_id
+from service.store.sql._base import _WEIGHTS_CHANGED, SqlStoreBase, _keyset, _page, _parse_id
 from service.store.weights_cache import CHANNEL as WEIGHTS_CHANNEL
 
 __all__ = ["OnlineStore"]
@@ -94,38 +93,29 @@ class OnlineStore(SqlStoreBase):
     ) -> tuple[RunRecord, bool]:
         eid = _parse_id(experiment_id, "experiment")
         now = self._clock()
-        try:
-            with self._write() as conn:
-                self._active_experiment(conn, eid)
-                if request_id is not None:
-                    earlier = self._runs_by_request(conn, eid, request_id)
-                    if earlier is not None:
-                        return earlier[0], False
-                values = {
-                    **self._run_values(NewRun(weights, tags=tags, status="running"), eid, now),
-                    "name": name,
-                    "total_steps": total_steps,
-                    "request_id": request_id,
-                    "request_index": 0 if request_id is not None else None,
-                }
-                run_id = conn.execute(
-                    insert(RunRow).values(**values).returning(RunRow.id)
-                ).scalar_one()
-                conn.execute(
-                    insert(MixerStateRow).values(
-                        run_id=run_id, version=1, state=dict(state), frozen=False, updated_at=now
-                    )
+
+        def earlier(conn: Connection, key: str) -> tuple[RunRecord, bool] | None:
+            runs = self._runs_by_request(conn, eid, key)
+            return (runs[0], False) if runs is not None else None
+
+        def insert_run(conn: Connection) -> tuple[RunRecord, bool]:
+            values = {
+                **self._run_values(NewRun(weights, tags=tags, status="running"), eid, now),
+                "name": name,
+                "total_steps": total_steps,
+                "request_id": request_id,
+                "request_index": 0 if request_id is not None else None,
+            }
+            run_id = conn.execute(insert(RunRow).values(**values).returning(RunRow.id)).scalar_one()
+            conn.execute(
+                insert(MixerStateRow).values(
+                    run_id=run_id, version=1, state=dict(state), frozen=False, updated_at=now
                 )
-                self._add_version(conn, run_id, 1, 0, weights, phase, train_steps, state, now)
-                return self._run(self._load_run(conn, run_id)), True
-        except IntegrityError:
-            if request_id is None:
-                raise
-            with self._read() as conn:  # a concurrent retry with this request_id won
-                earlier = self._runs_by_request(conn, eid, request_id)
-            if earlier is None:
-                raise
-            return earlier[0], False
+            )
+            self._add_version(conn, run_id, 1, 0, weights, phase, train_steps, state, now)
+            return self._run(self._load_run(conn, run_id)), True
+
+        return self._insert_once(eid, request_id, earlier, insert_run)
 
     def _online_state(self, conn: Connection, rid: int) -> Row[Any]:
         row: Row[Any] | None = conn.execute(
@@ -139,9 +129,26 @@ class OnlineStore(SqlStoreBase):
             .where(MixerStateRow.run_id == rid)
         ).first()
         if row is None:
-            self._load_run(conn, rid)  # NotFound for unknown runs
-            raise NotFound(f"run {rid} is not an online training run")
+            self._not_online(conn, rid)
         return row
+
+    def _not_online(self, conn: Connection, rid: int) -> NoReturn:
+        """Raise the right ``NotFound`` for a run that has no mixer state."""
+        self._load_run(conn, rid)  # unknown runs
+        raise NotFound(f"run {rid} is not an online training run")
+
+    @staticmethod
+    def _in_effect(rid: int, at_step: int | None) -> Select[Any]:
+        """The run's live version in effect at ``at_step`` (None: the current one)."""
+        query = (
+            select(WeightVersionRow)
+            .where(WeightVersionRow.run_id == rid, WeightVersionRow.superseded.is_(False))
+            .order_by(WeightVersionRow.version.desc())
+            .limit(1)
+        )
+        if at_step is not None:
+            query = query.where(WeightVersionRow.step <= at_step)
+        return query
 
     def online_state(self, run_id: str) -> OnlineState:
         rid = _parse_id(run_id, "run")
@@ -164,16 +171,8 @@ class OnlineStore(SqlStoreBase):
         rid = _parse_id(run_id, "run")
         cache = self._weights_cache if at_step is None else None
         ticket = cache.ticket(rid) if cache is not None else None
-        query = (
-            select(WeightVersionRow)
-            .where(WeightVersionRow.run_id == rid, WeightVersionRow.superseded.is_(False))
-            .order_by(WeightVersionRow.version.desc())
-            .limit(1)
-        )
-        if at_step is not None:
-            query = query.where(WeightVersionRow.step <= at_step)
         with self._read() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(self._in_effect(rid, at_step)).first()
             if row is None:
                 self._online_state(conn, rid)  # NotFound unless it is an online run
                 raise NotFound(f"run {rid} has no weights at step {at_step}")
@@ -186,15 +185,12 @@ class OnlineStore(SqlStoreBase):
         self, run_id: str, *, limit: int, cursor: str | None
     ) -> Page[WeightsRecord]:
         rid = _parse_id(run_id, "run")
-        query = (
-            select(WeightVersionRow)
-            .where(WeightVersionRow.run_id == rid)
-            .order_by(WeightVersionRow.version)
-            .limit(limit + 1)
+        query = _keyset(
+            select(WeightVersionRow).where(WeightVersionRow.run_id == rid),
+            WeightVersionRow.version,
+            cursor,
+            limit,
         )
-        if cursor is not None:
-            (after,) = decode_cursor(cursor, (int,))
-            query = query.where(WeightVersionRow.version > after)
         with self._read() as conn:
             self._online_state(conn, rid)
             rows = conn.execute(query).all()
@@ -227,8 +223,7 @@ class OnlineStore(SqlStoreBase):
         with self._read() as conn:
             row = conn.execute(query).first()
             if row is None:
-                self._online_state(conn, rid)  # the right NotFound
-                raise NotFound(f"run {rid} is not an online training run")
+                self._not_online(conn, rid)
         state = OnlineState(
             run_id=str(rid),
             experiment_id=str(row.id),
@@ -305,20 +300,10 @@ class OnlineStore(SqlStoreBase):
                 select(MixerStateRow).where(MixerStateRow.run_id == rid).with_for_update()
             ).first()
             if current is None:
-                self._online_state(conn, rid)
-                raise NotFound(f"run {rid} is not an online training run")
+                self._not_online(conn, rid)
             if current.frozen:
                 raise Conflict(f"run {rid} is completed; it cannot resume")
-            target = conn.execute(
-                select(WeightVersionRow)
-                .where(
-                    WeightVersionRow.run_id == rid,
-                    WeightVersionRow.superseded.is_(False),
-                    WeightVersionRow.step <= step,
-                )
-                .order_by(WeightVersionRow.version.desc())
-                .limit(1)
-            ).one()
+            target = conn.execute(self._in_effect(rid, step)).one()
             conn.execute(
                 update(FeedbackRow)
                 .where(

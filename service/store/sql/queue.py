@@ -8,13 +8,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Row, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from mixopt.errors import Conflict, LeaseLost
 from service.store.base import NewRun, Page, RunRecord
-from service.store.cursor import decode_cursor
 from service.store.models import ExperimentRow, MixerStateRow, RunRow
-from service.store.sql._base import SqlStoreBase, _page, _parse_id
+from service.store.sql._base import SqlStoreBase, _keyset, _page, _parse_id
 
 __all__ = ["QueueStore"]
 
@@ -25,43 +23,32 @@ class QueueStore(SqlStoreBase):
     ) -> list[RunRecord]:
         eid = _parse_id(experiment_id, "experiment")
         now = self._clock()
-        try:
-            with self._write() as conn:
-                self._active_experiment(conn, eid)
-                if request_id is not None:
-                    earlier = self._runs_by_request(conn, eid, request_id)
-                    if earlier is not None:
-                        return earlier
-                values = [
-                    {
-                        **self._run_values(run, eid, now),
-                        "request_id": request_id,
-                        "request_index": i if request_id is not None else None,
-                    }
-                    for i, run in enumerate(runs)
-                ]
-                if not values:
-                    return []
-                ids = (
-                    conn.execute(
-                        insert(RunRow).returning(RunRow.id, sort_by_parameter_order=True), values
-                    )
-                    .scalars()
-                    .all()
+
+        def earlier(conn: Connection, key: str) -> list[RunRecord] | None:
+            return self._runs_by_request(conn, eid, key)
+
+        def insert_runs(conn: Connection) -> list[RunRecord]:
+            values = [
+                {
+                    **self._run_values(run, eid, now),
+                    "request_id": request_id,
+                    "request_index": i if request_id is not None else None,
+                }
+                for i, run in enumerate(runs)
+            ]
+            if not values:
+                return []
+            ids = (
+                conn.execute(
+                    insert(RunRow).returning(RunRow.id, sort_by_parameter_order=True), values
                 )
-                rows = conn.execute(
-                    select(RunRow).where(RunRow.id.in_(ids)).order_by(RunRow.id)
-                ).all()
-                return [self._run(r) for r in rows]
-        except IntegrityError:
-            # A concurrent retry with the same request_id won the race: answer with its runs.
-            if request_id is None:
-                raise
-            with self._read() as conn:
-                earlier = self._runs_by_request(conn, eid, request_id)
-            if earlier is None:
-                raise
-            return earlier
+                .scalars()
+                .all()
+            )
+            rows = conn.execute(select(RunRow).where(RunRow.id.in_(ids)).order_by(RunRow.id)).all()
+            return [self._run(r) for r in rows]
+
+        return self._insert_once(eid, request_id, earlier, insert_runs)
 
     def runs_for_request(self, experiment_id: str, request_id: str) -> list[RunRecord] | None:
         eid = _parse_id(experiment_id, "experiment")
@@ -80,32 +67,19 @@ class QueueStore(SqlStoreBase):
         eid = _parse_id(experiment_id, "experiment")
         now = self._clock()
 
-        def by_external_id(conn: Connection) -> Row[Any] | None:
-            return conn.execute(
-                select(RunRow).where(
-                    RunRow.experiment_id == eid, RunRow.external_id == run.external_id
-                )
+        def earlier(conn: Connection, external_id: str) -> tuple[RunRecord, bool] | None:
+            stored = conn.execute(
+                select(RunRow).where(RunRow.experiment_id == eid, RunRow.external_id == external_id)
             ).first()
+            return (self._same_import(stored, run), False) if stored is not None else None
 
-        try:
-            with self._write() as conn:
-                self._active_experiment(conn, eid)
-                if run.external_id is not None:
-                    stored = by_external_id(conn)
-                    if stored is not None:
-                        return self._same_import(stored, run), False
-                new_id = conn.execute(
-                    insert(RunRow).values(**self._run_values(run, eid, now)).returning(RunRow.id)
-                ).scalar_one()
-                return self._run(self._load_run(conn, new_id)), True
-        except IntegrityError:
-            if run.external_id is None:
-                raise
-            with self._read() as conn:  # a concurrent import of the same external_id won
-                stored = by_external_id(conn)
-            if stored is None:
-                raise
-            return self._same_import(stored, run), False
+        def insert_run(conn: Connection) -> tuple[RunRecord, bool]:
+            new_id = conn.execute(
+                insert(RunRow).values(**self._run_values(run, eid, now)).returning(RunRow.id)
+            ).scalar_one()
+            return self._run(self._load_run(conn, new_id)), True
+
+        return self._insert_once(eid, run.external_id, earlier, insert_run)
 
     def get_run(self, run_id: str) -> RunRecord:
         rid = _parse_id(run_id, "run")
@@ -122,22 +96,34 @@ class QueueStore(SqlStoreBase):
         cursor: str | None = None,
     ) -> Page[RunRecord]:
         eid = _parse_id(experiment_id, "experiment")
-        query = (
-            select(RunRow).where(RunRow.experiment_id == eid).order_by(RunRow.id).limit(limit + 1)
-        )
+        query = select(RunRow).where(RunRow.experiment_id == eid)
         if status is not None:
             query = query.where(RunRow.status == status)
         if excluded is not None:
             query = query.where(RunRow.excluded == excluded)
-        if cursor is not None:
-            (after,) = decode_cursor(cursor, (int,))
-            query = query.where(RunRow.id > after)
+        query = _keyset(query, RunRow.id, cursor, limit)
         with self._read() as conn:
             self._load_experiment(conn, eid)
             rows = conn.execute(query).all()
         return _page(rows, limit, self._run)
 
     # --- the queue ----------------------------------------------------------------------------
+
+    def _update_run(self, conn: Connection, rid: int, **values: Any) -> RunRecord:
+        """Set ``values`` on the run and answer it as it now is."""
+        conn.execute(update(RunRow).where(RunRow.id == rid).values(**values))
+        return self._run(self._load_run(conn, rid))
+
+    @staticmethod
+    def _check_holder(row: Row[Any], worker: str) -> None:
+        """``LeaseLost`` unless ``worker`` holds the lease, or held the last one and nobody
+        re-claimed the run."""
+        if row.status == "running":
+            held = row.worker == worker
+        else:
+            held = row.status == "pending" and row.worker is None and row.last_worker == worker
+        if not held:
+            raise LeaseLost(f"worker {worker!r} does not hold the lease of run {row.id}")
 
     def _expire(self, conn: Connection, now: datetime, experiment_id: int | None = None) -> int:
         """Return expired leases: pending with attempt + 1, or failed after max_attempts.
@@ -200,19 +186,16 @@ class QueueStore(SqlStoreBase):
             run_id = conn.execute(query).scalar()
             if run_id is None:
                 return None
-            conn.execute(
-                update(RunRow)
-                .where(RunRow.id == run_id)
-                .values(
-                    status="running",
-                    worker=worker,
-                    last_worker=worker,
-                    lease_seconds=lease_seconds,
-                    lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    updated_at=now,
-                )
+            return self._update_run(
+                conn,
+                run_id,
+                status="running",
+                worker=worker,
+                last_worker=worker,
+                lease_seconds=lease_seconds,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
             )
-            return self._run(self._load_run(conn, run_id))
 
     def heartbeat(self, run_id: str, worker: str, lease_seconds: int | None = None) -> RunRecord:
         rid = _parse_id(run_id, "run")
@@ -222,23 +205,13 @@ class QueueStore(SqlStoreBase):
             if row.status != "running" or row.worker != worker:
                 raise LeaseLost(f"worker {worker!r} does not hold the lease of run {rid}")
             seconds = lease_seconds or row.lease_seconds or 600
-            conn.execute(
-                update(RunRow)
-                .where(RunRow.id == rid)
-                .values(
-                    lease_seconds=seconds,
-                    lease_expires_at=now + timedelta(seconds=seconds),
-                    updated_at=now,
-                )
+            return self._update_run(
+                conn,
+                rid,
+                lease_seconds=seconds,
+                lease_expires_at=now + timedelta(seconds=seconds),
+                updated_at=now,
             )
-            return self._run(self._load_run(conn, rid))
-
-    @staticmethod
-    def _held_by(row: Row[Any], worker: str) -> bool:
-        """``worker`` holds the lease, or held the last one and nobody re-claimed the run."""
-        if row.status == "running":
-            return bool(row.worker == worker)
-        return row.status == "pending" and row.worker is None and row.last_worker == worker
 
     def complete(self, run_id: str, metrics: Mapping[str, float], worker: str | None) -> RunRecord:
         rid = _parse_id(run_id, "run")
@@ -251,18 +224,16 @@ class QueueStore(SqlStoreBase):
                 return self._run(row)
             if row.status == "failed":
                 raise Conflict(f"run {rid} has failed; it cannot be completed")
-            if worker is not None and not self._held_by(row, worker):
-                raise LeaseLost(f"worker {worker!r} does not hold the lease of run {rid}")
-            conn.execute(
-                update(RunRow)
-                .where(RunRow.id == rid)
-                .values(
-                    status="completed",
-                    metrics=dict(metrics),
-                    worker=None,
-                    lease_expires_at=None,
-                    updated_at=now,
-                )
+            if worker is not None:
+                self._check_holder(row, worker)
+            completed = self._update_run(
+                conn,
+                rid,
+                status="completed",
+                metrics=dict(metrics),
+                worker=None,
+                lease_expires_at=None,
+                updated_at=now,
             )
             # An online run's mixer state is frozen with it (no-op for offline runs).
             conn.execute(
@@ -270,7 +241,7 @@ class QueueStore(SqlStoreBase):
                 .where(MixerStateRow.run_id == rid)
                 .values(frozen=True, updated_at=now)
             )
-            return self._run(self._load_run(conn, rid))
+            return completed
 
     def fail(self, run_id: str, reason: str, worker: str | None) -> RunRecord:
         rid = _parse_id(run_id, "run")
@@ -282,8 +253,7 @@ class QueueStore(SqlStoreBase):
             if row.status == "failed":
                 return self._run(row)
             if worker is not None:
-                if not self._held_by(row, worker):
-                    raise LeaseLost(f"worker {worker!r} does not hold the lease of run {rid}")
+                self._check_holder(row, worker)
                 if row.status == "pending":
                     # The lease already expired (or this is a retry): that attempt was counted.
                     return self._run(row)
@@ -300,32 +270,23 @@ class QueueStore(SqlStoreBase):
                 values["status"] = "failed"
             else:
                 values.update(status="pending", attempt=row.attempt + 1)
-            conn.execute(update(RunRow).where(RunRow.id == rid).values(**values))
-            return self._run(self._load_run(conn, rid))
+            return self._update_run(conn, rid, **values)
 
     def release(self, run_id: str, worker: str) -> RunRecord:
         rid = _parse_id(run_id, "run")
         now = self._clock()
         with self._write() as conn:
             row = self._load_run(conn, rid, lock=True)
-            if not self._held_by(row, worker):
-                raise LeaseLost(f"worker {worker!r} does not hold the lease of run {rid}")
-            if row.status == "running":
-                conn.execute(
-                    update(RunRow)
-                    .where(RunRow.id == rid)
-                    .values(status="pending", worker=None, lease_expires_at=None, updated_at=now)
-                )
-            return self._run(self._load_run(conn, rid))
+            self._check_holder(row, worker)
+            if row.status != "running":
+                return self._run(row)
+            return self._update_run(
+                conn, rid, status="pending", worker=None, lease_expires_at=None, updated_at=now
+            )
 
     def exclude(self, run_id: str, excluded: bool, reason: str | None) -> RunRecord:
         rid = _parse_id(run_id, "run")
         now = self._clock()
         with self._write() as conn:
             self._load_run(conn, rid, lock=True)
-            conn.execute(
-                update(RunRow)
-                .where(RunRow.id == rid)
-                .values(excluded=excluded, reason=reason, updated_at=now)
-            )
-            return self._run(self._load_run(conn, rid))
+            return self._update_run(conn, rid, excluded=excluded, reason=reason, updated_at=now)

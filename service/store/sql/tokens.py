@@ -12,9 +12,8 @@ from sqlalchemy import Row, insert, select, update
 
 from mixopt.errors import NotFound
 from service.store.base import Page, TokenRecord
-from service.store.cursor import decode_cursor
 from service.store.models import ApiToken
-from service.store.sql._base import SqlStoreBase, _page, _parse_id
+from service.store.sql._base import SqlStoreBase, _keyset, _page, _parse_id
 
 __all__ = ["TokenStore"]
 
@@ -63,10 +62,7 @@ class TokenStore(SqlStoreBase):
         return self._token(row)
 
     def list_tokens(self, *, limit: int, cursor: str | None) -> Page[TokenRecord]:
-        query = select(ApiToken).order_by(ApiToken.id).limit(limit + 1)
-        if cursor is not None:
-            (after,) = decode_cursor(cursor, (int,))
-            query = query.where(ApiToken.id > after)
+        query = _keyset(select(ApiToken), ApiToken.id, cursor, limit)
         with self._read() as conn:
             rows = conn.execute(query).all()
         return _page(rows, limit, self._token)

@@ -30,7 +30,7 @@ from mixopt import schemas
 from mixopt.errors import Conflict, ErrorItem, Gone, InvalidInput
 from service.convert import backtest_out, fit_out, fit_report, recommendation_out
 from service.store import ExperimentRecord, NewExperiment, NewRun, RunRecord, Store
-from service.store.base import StaleVersion, WeightsRecord
+from service.store.base import NewOnlineRun, NewVersion, StaleVersion, WeightsRecord
 
 __all__ = ["Operations", "objective_value", "space_of"]
 
@@ -355,14 +355,10 @@ class Operations:
         decision = mixer.decide(space, state)
         return self.store.start_online_run(
             experiment_id,
-            name=body.name,
-            total_steps=body.total_steps,
-            tags=body.tags,
-            request_id=body.request_id,
-            state=state,
-            weights=space.to_dict(decision.weights),
-            phase=decision.phase,
-            train_steps=decision.train_steps,
+            NewOnlineRun(body.name, body.total_steps, body.tags, body.request_id),
+            NewVersion(
+                state, space.to_dict(decision.weights), decision.phase, decision.train_steps
+            ),
         )
 
     def feedback(self, run_id: str, body: schemas.Feedback) -> WeightsRecord:
@@ -405,10 +401,9 @@ class Operations:
                     expected_version=current.version,
                     step=body.step,
                     body=recorded,
-                    state=state,
-                    weights=space.to_dict(decision.weights),
-                    phase=decision.phase,
-                    train_steps=decision.train_steps,
+                    version=NewVersion(
+                        state, space.to_dict(decision.weights), decision.phase, decision.train_steps
+                    ),
                 )
             except StaleVersion:
                 continue

@@ -5,7 +5,9 @@ from __future__ import annotations
 from service.store.base import (
     ExperimentRecord,
     NewExperiment,
+    NewOnlineRun,
     NewRun,
+    NewVersion,
     Page,
     PointRecord,
     RunRecord,
@@ -17,7 +19,9 @@ from service.store.sql import SqlStore, make_engine
 __all__ = [
     "ExperimentRecord",
     "NewExperiment",
+    "NewOnlineRun",
     "NewRun",
+    "NewVersion",
     "Page",
     "PointRecord",
     "RunRecord",

@@ -16,9 +16,12 @@ from mixopt.schemas import RunStatus
 
 __all__ = [
     "ExperimentRecord",
+    "FeedbackContext",
     "FitRecord",
     "NewExperiment",
+    "NewOnlineRun",
     "NewRun",
+    "NewVersion",
     "OnlineState",
     "Page",
     "PointRecord",
@@ -76,6 +79,25 @@ class NewRun:
     metrics: Mapping[str, float] = field(default_factory=dict)
     status: RunStatus = "pending"
     external_id: str | None = None
+
+
+@dataclass(frozen=True)
+class NewOnlineRun:
+    name: str
+    total_steps: int | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """What an online mixer decided, stored as one version: the state after the decision and
+    the weights it serves (with the phase and the steps until the next feedback)."""
+
+    state: Mapping[str, Any]
+    weights: Mapping[str, float]
+    phase: str
+    train_steps: int | None
 
 
 @dataclass(frozen=True)
@@ -308,20 +330,10 @@ class Store(ABC):
     # --- online runs ---
     @abstractmethod
     def start_online_run(
-        self,
-        experiment_id: str,
-        *,
-        name: str,
-        total_steps: int | None,
-        tags: Mapping[str, str],
-        request_id: str | None,
-        state: Mapping[str, Any],
-        weights: Mapping[str, float],
-        phase: str,
-        train_steps: int | None,
+        self, experiment_id: str, run: NewOnlineRun, first: NewVersion
     ) -> tuple[RunRecord, bool]:
-        """Create a running training run with version 1 of its state and weights; idempotent on
-        ``request_id`` (returns the first run and False)."""
+        """Create a running training run with ``first`` as version 1 (from step 0) of its state
+        and weights; idempotent on ``run.request_id`` (returns the first run and False)."""
 
     @abstractmethod
     def online_state(self, run_id: str) -> OnlineState:
@@ -358,14 +370,12 @@ class Store(ABC):
         expected_version: int,
         step: int,
         body: Mapping[str, Any],
-        state: Mapping[str, Any],
-        weights: Mapping[str, float],
-        phase: str,
-        train_steps: int | None,
+        version: NewVersion,
     ) -> WeightsRecord:
-        """Record the feedback and move the state from ``expected_version`` to the next, in one
-        transaction. ``StaleVersion`` if the state moved; ``Conflict`` if a feedback for
-        ``step`` exists or the run is frozen."""
+        """Record the feedback and move the state from ``expected_version`` to ``version``
+        (serving from ``step``), in one transaction. ``StaleVersion`` if the state moved or a
+        feedback for ``step`` is already recorded (re-read: the context then shows it);
+        ``Conflict`` if the run is frozen."""
 
     @abstractmethod
     def resume(self, run_id: str, step: int) -> WeightsRecord:

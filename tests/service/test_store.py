@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 import pytest
 
 from mixopt.errors import Conflict, Gone, InvalidInput, LeaseLost, NotFound
-from service.store import NewExperiment, NewRun, SqlStore
+from service.store import NewExperiment, NewOnlineRun, NewRun, NewVersion, SqlStore
+from service.store.base import StaleVersion, WeightsRecord
 from tests.conftest import Clock
 
 DOMAINS = [
@@ -388,6 +389,210 @@ def test_large_metric_batch_is_stored_once(store: SqlStore) -> None:
     batch = [(f"loss/{i % 10}", i, i * 0.5) for i in range(10_000)]
     assert store.append_metrics(run_id, batch) == (10_000, 10_000)
     assert store.append_metrics(run_id, batch) == (10_000, 0)
+
+
+# --- online runs ---
+
+
+def online_experiment(store: SqlStore, name: str = "online") -> str:
+    return store.create_experiment(
+        NewExperiment(
+            name=name,
+            mode="online",
+            method="stratified",
+            domains=DOMAINS,
+            objective={"metrics": {"eval_loss/mean": 1.0}, "direction": "minimize"},
+            config={"seed": 1},
+        )
+    ).id
+
+
+def decided(rounds: int) -> NewVersion:
+    """What a mixer decides after ``rounds`` feedbacks (each round its own weights)."""
+    web = 0.5 + rounds / 100
+    return NewVersion({"rounds": rounds}, {"web": web, "code": 1 - web}, "explore", 100)
+
+
+def feedback_body(step: int) -> dict[str, Any]:
+    return {"step": step, "train_losses": {"web": 3.0 - step / 1000, "code": 2.0}}
+
+
+def online_run(store: SqlStore) -> str:
+    run, _ = store.start_online_run(online_experiment(store), NewOnlineRun("main"), decided(0))
+    return run.id
+
+
+def feed(store: SqlStore, run_id: str, step: int) -> WeightsRecord:
+    """Fold a feedback at ``step`` into the current state: version n becomes n + 1, whose
+    decision is ``decided(n)``."""
+    current = store.online_state(run_id).version
+    return store.apply_feedback(
+        run_id,
+        expected_version=current,
+        step=step,
+        body=feedback_body(step),
+        version=decided(current),
+    )
+
+
+def test_start_online_run_is_idempotent_on_request_id(store: SqlStore) -> None:
+    experiment_id = online_experiment(store)
+    run = NewOnlineRun("main", total_steps=1000, tags={"team": "a"}, request_id="start-1")
+    first, created = store.start_online_run(experiment_id, run, decided(0))
+    again, created_again = store.start_online_run(experiment_id, run, decided(5))
+    assert created and not created_again and again == first
+    assert (first.status, first.weights, first.tags) == (
+        "running",
+        decided(0).weights,
+        {"team": "a"},
+    )
+    assert store.online_state(first.id).state == {"rounds": 0}
+    weights = store.get_weights(first.id)
+    assert (weights.version, weights.step, weights.weights) == (1, 0, decided(0).weights)
+    assert (weights.phase, weights.train_steps) == ("explore", 100)
+    other, created_other = store.start_online_run(experiment_id, NewOnlineRun("b"), decided(0))
+    assert created_other and other.id != first.id
+
+
+def test_concurrent_starts_of_one_request_id_create_one_run(store: SqlStore) -> None:
+    experiment_id = online_experiment(store)
+    run = NewOnlineRun("main", request_id="start-1")
+    answers = at_once(lambda: store.start_online_run(experiment_id, run, decided(0)))
+    assert sorted(created for _, created in answers) == [False] * 7 + [True]
+    assert len({started.id for started, _ in answers}) == 1
+    assert len(list(store.iter_runs(experiment_id))) == 1
+
+
+def test_apply_feedback_on_a_stale_version_raises_and_changes_nothing(store: SqlStore) -> None:
+    run_id = online_run(store)
+    feed(store, run_id, 100)
+    before = store.online_state(run_id)
+    assert before.version == 2
+    with pytest.raises(StaleVersion):
+        store.apply_feedback(
+            run_id, expected_version=1, step=200, body=feedback_body(200), version=decided(9)
+        )
+    assert store.online_state(run_id) == before
+    assert store.get_weights(run_id).version == 2
+    assert store.feedback_context(run_id, 200).recorded is None
+    assert [v.version for v in store.weights_history(run_id, limit=10, cursor=None).items] == [1, 2]
+
+
+def test_a_second_feedback_at_a_recorded_step_is_stale_and_changes_nothing(
+    store: SqlStore,
+) -> None:
+    run_id = online_run(store)
+    feed(store, run_id, 100)
+    before = store.online_state(run_id)
+    with pytest.raises(StaleVersion):
+        store.apply_feedback(
+            run_id, expected_version=2, step=100, body=feedback_body(101), version=decided(9)
+        )
+    assert store.online_state(run_id) == before
+    assert store.feedback_context(run_id, 100).recorded == feedback_body(100)
+
+
+def test_feedback_recorded_at_a_step_is_returned_by_feedback_context(store: SqlStore) -> None:
+    run_id = online_run(store)
+    assert store.feedback_context(run_id, 100).recorded is None
+    feed(store, run_id, 100)
+    context = store.feedback_context(run_id, 100)
+    assert context.recorded == feedback_body(100)
+    assert context.state == store.online_state(run_id)
+    assert context.experiment.id == context.state.experiment_id
+    assert context.experiment.method == "stratified"
+    assert store.feedback_context(run_id, 200).recorded is None
+
+
+def test_resume_returns_to_the_version_in_effect_and_supersedes_what_came_after(
+    store: SqlStore,
+) -> None:
+    run_id = online_run(store)
+    for step in (100, 200, 300):
+        feed(store, run_id, step)  # versions 2, 3, 4
+    resumed = store.resume(run_id, 150)
+    assert (resumed.version, resumed.step, resumed.weights) == (5, 150, decided(1).weights)
+    state = store.online_state(run_id)
+    assert (state.version, state.state) == (5, decided(1).state)
+    history = store.weights_history(run_id, limit=10, cursor=None).items
+    assert [(v.version, v.superseded) for v in history] == [
+        (1, False),
+        (2, False),
+        (3, True),
+        (4, True),
+        (5, False),
+    ]
+    assert store.feedback_context(run_id, 100).recorded == feedback_body(100)
+    assert store.feedback_context(run_id, 200).recorded is None
+    assert store.feedback_context(run_id, 300).recorded is None
+    assert store.get_weights(run_id) == resumed
+
+
+def test_get_weights_at_a_step_answers_the_live_version_in_effect_then(store: SqlStore) -> None:
+    run_id = online_run(store)
+    for step in (100, 200):
+        feed(store, run_id, step)  # version 2 from step 100, 3 from step 200
+    at = [store.get_weights(run_id, at_step=step).version for step in (0, 99, 100, 250)]
+    assert at == [1, 1, 2, 3]
+    assert store.get_weights(run_id).version == 3
+    store.resume(run_id, 150)  # version 4 from step 150; version 3 superseded
+    assert [store.get_weights(run_id, at_step=step).version for step in (120, 150, 250)] == [
+        2,
+        4,
+        4,
+    ]
+    with pytest.raises(NotFound):
+        store.get_weights(run_id, at_step=-1)
+
+
+def test_a_completed_runs_mixer_state_is_frozen(store: SqlStore) -> None:
+    run_id = online_run(store)
+    feed(store, run_id, 100)
+    store.complete(run_id, {"eval_loss/mean": 2.5}, None)
+    before = store.online_state(run_id)
+    assert before.frozen
+    with pytest.raises(Conflict):
+        store.apply_feedback(
+            run_id,
+            expected_version=before.version,
+            step=200,
+            body=feedback_body(200),
+            version=decided(9),
+        )
+    with pytest.raises(Conflict):
+        store.resume(run_id, 50)
+    assert store.online_state(run_id) == before
+    assert store.get_weights(run_id).version == 2
+    assert store.feedback_context(run_id, 200).recorded is None
+
+
+def test_last_feedback_is_the_latest_live_one(store: SqlStore) -> None:
+    run_id = online_run(store)
+    assert store.last_feedback(run_id) is None
+    for step in (100, 200):
+        feed(store, run_id, step)
+    assert store.last_feedback(run_id) == feedback_body(200)
+    store.resume(run_id, 150)
+    assert store.last_feedback(run_id) == feedback_body(100)
+
+
+def test_online_methods_refuse_offline_and_unknown_runs(store: SqlStore) -> None:
+    experiment = store.create_experiment(new_experiment())
+    (offline,) = pending_runs(store, experiment.id, 1)
+    calls: list[Callable[[str], object]] = [
+        store.online_state,
+        store.get_weights,
+        lambda run_id: store.weights_history(run_id, limit=10, cursor=None),
+        lambda run_id: store.feedback_context(run_id, 100),
+        lambda run_id: store.resume(run_id, 100),
+        lambda run_id: store.apply_feedback(
+            run_id, expected_version=1, step=100, body=feedback_body(100), version=decided(1)
+        ),
+    ]
+    for run_id in (offline, "12345"):
+        for call in calls:
+            with pytest.raises(NotFound):
+                call(run_id)
 
 
 # --- tokens ---

@@ -13,7 +13,9 @@ from sqlalchemy.exc import IntegrityError
 from mixopt.errors import Conflict, NotFound
 from service.store.base import (
     FeedbackContext,
+    NewOnlineRun,
     NewRun,
+    NewVersion,
     OnlineState,
     Page,
     RunRecord,
@@ -42,35 +44,26 @@ class OnlineStore(SqlStoreBase):
         )
 
     def _add_version(
-        self,
-        conn: Connection,
-        rid: int,
-        version: int,
-        step: int,
-        weights: Mapping[str, float],
-        phase: str,
-        train_steps: int | None,
-        state: Mapping[str, Any],
-        now: datetime,
+        self, conn: Connection, rid: int, new: NewVersion, *, number: int, step: int, now: datetime
     ) -> WeightsRecord:
-        """Write a new weights version and make them the run's current weights."""
+        """Write version ``number``, serving from ``step``, and make its weights the run's."""
         row = conn.execute(
             insert(WeightVersionRow)
             .values(
                 run_id=rid,
-                version=version,
+                version=number,
                 step=step,
-                weights=dict(weights),
-                phase=phase,
-                train_steps=train_steps,
-                state=dict(state),
+                weights=dict(new.weights),
+                phase=new.phase,
+                train_steps=new.train_steps,
+                state=dict(new.state),
                 superseded=False,
                 created_at=now,
             )
             .returning(*WeightVersionRow.__table__.columns)
         ).one()
         conn.execute(
-            update(RunRow).where(RunRow.id == rid).values(weights=dict(weights), updated_at=now)
+            update(RunRow).where(RunRow.id == rid).values(weights=dict(new.weights), updated_at=now)
         )
         conn.info.setdefault(_WEIGHTS_CHANGED, set()).add(rid)
         if self._dialect == "postgresql":
@@ -79,17 +72,7 @@ class OnlineStore(SqlStoreBase):
         return self._weights(row)
 
     def start_online_run(
-        self,
-        experiment_id: str,
-        *,
-        name: str,
-        total_steps: int | None,
-        tags: Mapping[str, str],
-        request_id: str | None,
-        state: Mapping[str, Any],
-        weights: Mapping[str, float],
-        phase: str,
-        train_steps: int | None,
+        self, experiment_id: str, run: NewOnlineRun, first: NewVersion
     ) -> tuple[RunRecord, bool]:
         eid = _parse_id(experiment_id, "experiment")
         now = self._clock()
@@ -100,22 +83,24 @@ class OnlineStore(SqlStoreBase):
 
         def insert_run(conn: Connection) -> tuple[RunRecord, bool]:
             values = {
-                **self._run_values(NewRun(weights, tags=tags, status="running"), eid, now),
-                "name": name,
-                "total_steps": total_steps,
-                "request_id": request_id,
-                "request_index": 0 if request_id is not None else None,
+                **self._run_values(
+                    NewRun(first.weights, tags=run.tags, status="running"), eid, now
+                ),
+                "name": run.name,
+                "total_steps": run.total_steps,
+                "request_id": run.request_id,
+                "request_index": 0 if run.request_id is not None else None,
             }
             run_id = conn.execute(insert(RunRow).values(**values).returning(RunRow.id)).scalar_one()
             conn.execute(
                 insert(MixerStateRow).values(
-                    run_id=run_id, version=1, state=dict(state), frozen=False, updated_at=now
+                    run_id=run_id, version=1, state=dict(first.state), frozen=False, updated_at=now
                 )
             )
-            self._add_version(conn, run_id, 1, 0, weights, phase, train_steps, state, now)
+            self._add_version(conn, run_id, first, number=1, step=0, now=now)
             return self._run(self._load_run(conn, run_id)), True
 
-        return self._insert_once(eid, request_id, earlier, insert_run)
+        return self._insert_once(eid, run.request_id, earlier, insert_run)
 
     def _online_state(self, conn: Connection, rid: int) -> Row[Any]:
         row: Row[Any] | None = conn.execute(
@@ -251,10 +236,7 @@ class OnlineStore(SqlStoreBase):
         expected_version: int,
         step: int,
         body: Mapping[str, Any],
-        state: Mapping[str, Any],
-        weights: Mapping[str, float],
-        phase: str,
-        train_steps: int | None,
+        version: NewVersion,
     ) -> WeightsRecord:
         rid = _parse_id(run_id, "run")
         now = self._clock()
@@ -268,7 +250,7 @@ class OnlineStore(SqlStoreBase):
                         MixerStateRow.version == expected_version,
                         MixerStateRow.frozen.is_(False),
                     )
-                    .values(version=new_version, state=dict(state), updated_at=now)
+                    .values(version=new_version, state=dict(version.state), updated_at=now)
                 ).rowcount
                 if moved != 1:
                     current = self._online_state(conn, rid)
@@ -285,9 +267,7 @@ class OnlineStore(SqlStoreBase):
                         created_at=now,
                     )
                 )
-                return self._add_version(
-                    conn, rid, new_version, step, weights, phase, train_steps, state, now
-                )
+                return self._add_version(conn, rid, version, number=new_version, step=step, now=now)
         except IntegrityError as exc:
             # Another replica recorded feedback for this step first (or took this version).
             raise StaleVersion(f"run {rid}: concurrent feedback") from exc
@@ -328,14 +308,5 @@ class OnlineStore(SqlStoreBase):
                 .where(MixerStateRow.run_id == rid)
                 .values(version=new_version, state=target.state, updated_at=now)
             )
-            return self._add_version(
-                conn,
-                rid,
-                new_version,
-                step,
-                target.weights,
-                target.phase,
-                target.train_steps,
-                target.state,
-                now,
-            )
+            resumed = NewVersion(target.state, target.weights, target.phase, target.train_steps)
+            return self._add_version(conn, rid, resumed, number=new_version, step=step, now=now)

@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import logging
-import pickle
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -24,13 +23,13 @@ from mixers.backtest import BacktestPlan
 from mixers.fitting import Fit
 from mixers.offline.base import OfflineMixer
 from mixers.online import Feedback, OnlineMixer
-from mixers.persistence import FIT_FORMAT, dump_fit, load_fit
+from mixers.persistence import FIT_FORMAT, UnreadableFit, dump_fit, load_fit
 from mixers.registry import get_method, offline_method, online_method
 from mixopt import schemas
 from mixopt.errors import Conflict, ErrorItem, Gone, InvalidInput
 from service.convert import backtest_out, fit_out, fit_report, recommendation_out
 from service.store import ExperimentRecord, NewExperiment, NewRun, RunRecord, Store
-from service.store.base import NewOnlineRun, NewVersion, StaleVersion, WeightsRecord
+from service.store.base import NewFit, NewOnlineRun, NewVersion, StaleVersion, WeightsRecord
 
 __all__ = ["Operations", "objective_value", "space_of"]
 
@@ -261,18 +260,21 @@ class Operations:
         rng = np.random.default_rng([mixer.config.seed or 0, fit.n_runs])
         recommendation = recommendation_out(space, mixer.recommend(space, fit, rng))
         try:
-            blob: bytes | None = dump_fit(fit)
+            data: bytes | None = dump_fit(fit)
         except TypeError as exc:  # a plug-in regressor without to_state()
             log.warning("fit of experiment %s is stored without its model: %s", experiment_id, exc)
-            blob = None
+            data = None
         record = self.store.add_fit(
             experiment.id,
-            model=fit.model,
-            requested=body.model,
-            n_runs=fit.n_runs,
-            report=fit_report(fit),
-            recommendation=recommendation.model_dump(mode="json", exclude={"fit_id", "run_id"}),
-            blob=blob,
+            NewFit(
+                model=fit.model,
+                requested=body.model,
+                n_runs=fit.n_runs,
+                report=fit_report(fit),
+                recommendation=recommendation.model_dump(mode="json", exclude={"fit_id", "run_id"}),
+                model_data=data,
+                model_format=None if data is None else FIT_FORMAT,
+            ),
         )
         return fit_out(record)
 
@@ -318,17 +320,28 @@ class Operations:
 
     def _latest_fit(self, experiment_id: str) -> Fit:
         latest = self.store.latest_fit(experiment_id)
-        if latest is None or latest[1] is None:
+        if latest is None:
             raise Conflict(f"experiment {experiment_id} has no fit yet: POST .../fit first")
-        record, blob = latest[0], latest[1]
+        record, stored = latest
+        if stored is None:
+            raise Conflict(
+                f"fit {record.id} has no stored model: its regressor {record.model!r} has no "
+                "to_state(), so it can recommend but not predict"
+            )
         cached = self._fits.get(record.id)
         if cached is None:
-            if blob[:1] == pickle.PROTO:  # stored by an earlier version: never unpickled
-                raise Conflict(
+            if stored.format in (None, "pickle"):
+                raise UnreadableFit(
                     f"fit {record.id} was stored by an earlier mixopt as a pickle, which this "
-                    f"version does not load ({FIT_FORMAT} only): POST .../fit again"
+                    "version never loads (unpickling runs whatever code the bytes name): "
+                    "POST .../fit again"
                 )
-            cached = load_fit(blob)
+            if stored.format != FIT_FORMAT:
+                raise UnreadableFit(
+                    f"fit {record.id} is stored as {stored.format!r}; this version reads "
+                    f"{FIT_FORMAT}: POST .../fit again"
+                )
+            cached = load_fit(stored.data)
             self._fits = {record.id: cached}  # the latest fit per process is what is asked
         return cached
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from service.store.base import (
     ExperimentRecord,
     NewExperiment,
+    NewFit,
     NewOnlineRun,
     NewRun,
     NewVersion,
@@ -12,6 +13,7 @@ from service.store.base import (
     PointRecord,
     RunRecord,
     Store,
+    StoredModel,
     TokenRecord,
 )
 from service.store.sql import SqlStore, make_engine
@@ -19,6 +21,7 @@ from service.store.sql import SqlStore, make_engine
 __all__ = [
     "ExperimentRecord",
     "NewExperiment",
+    "NewFit",
     "NewOnlineRun",
     "NewRun",
     "NewVersion",
@@ -27,6 +30,7 @@ __all__ = [
     "RunRecord",
     "SqlStore",
     "Store",
+    "StoredModel",
     "TokenRecord",
     "make_engine",
 ]

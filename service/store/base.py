@@ -19,6 +19,7 @@ __all__ = [
     "FeedbackContext",
     "FitRecord",
     "NewExperiment",
+    "NewFit",
     "NewOnlineRun",
     "NewRun",
     "NewVersion",
@@ -28,6 +29,7 @@ __all__ = [
     "RunRecord",
     "StaleVersion",
     "Store",
+    "StoredModel",
     "TokenRecord",
     "WeightsRecord",
 ]
@@ -184,6 +186,29 @@ class FitRecord:
     report: dict[str, Any]
     recommendation: dict[str, Any] | None
     fitted_at: datetime
+
+
+@dataclass(frozen=True)
+class NewFit:
+    """A fit to store; ``model_data`` is the fitted model encoded as ``model_format`` says (the
+    store keeps the bytes and never decodes them)."""
+
+    model: str
+    requested: str
+    n_runs: int
+    report: Mapping[str, Any]
+    recommendation: Mapping[str, Any] | None
+    model_data: bytes | None
+    model_format: str | None
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A fit's stored model. ``format`` is None for a model written by a replica older than
+    the format column (those wrote pickles)."""
+
+    format: str | None
+    data: bytes
 
 
 class StaleVersion(Exception):
@@ -384,17 +409,7 @@ class Store(ABC):
 
     # --- fits ---
     @abstractmethod
-    def add_fit(
-        self,
-        experiment_id: str,
-        *,
-        model: str,
-        requested: str,
-        n_runs: int,
-        report: Mapping[str, Any],
-        recommendation: Mapping[str, Any] | None,
-        blob: bytes | None,
-    ) -> FitRecord: ...
+    def add_fit(self, experiment_id: str, fit: NewFit) -> FitRecord: ...
 
     @abstractmethod
     def get_fit(self, fit_id: str) -> FitRecord: ...
@@ -404,5 +419,6 @@ class Store(ABC):
         """Newest first."""
 
     @abstractmethod
-    def latest_fit(self, experiment_id: str) -> tuple[FitRecord, bytes | None] | None:
-        """The newest fit with its model blob, or None before any fit."""
+    def latest_fit(self, experiment_id: str) -> tuple[FitRecord, StoredModel | None] | None:
+        """The newest fit with its stored model (None if it has none), or None before any
+        fit."""

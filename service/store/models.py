@@ -168,6 +168,8 @@ class FitRow(Base):
     report: Mapped[dict[str, Any]]
     recommendation: Mapped[dict[str, Any] | None]
     model_blob: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # How model_blob is encoded; the store keeps the bytes and never decodes them.
+    model_format: Mapped[str | None] = mapped_column(String(64))
     fitted_at: Mapped[datetime]
 
 

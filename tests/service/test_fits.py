@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +12,7 @@ from fastapi.testclient import TestClient
 from scipy import stats
 
 from mixers.regressors import regressor_names
-from service.store import NewRun, SqlStore
+from service.store import NewFit, NewRun, SqlStore
 from tests.regmix_data import load_regmix
 
 API = "/api/v1"
@@ -61,6 +63,36 @@ def test_reads_before_any_fit_are_409(client: TestClient, regmix_experiment: str
         f"{API}/experiments/{regmix_experiment}/predict", json={"mixtures": [mixture]}
     )
     assert predicted.status_code == 409
+
+
+class _Trap:
+    """Unpickling this runs code: it writes the file it names."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (exec, (f"open({str(self.path)!r}, 'w').write('unpickled')",))
+
+
+def test_a_fit_stored_as_a_pickle_is_never_loaded_and_answers_409_until_refitted(
+    client: TestClient, store: SqlStore, regmix_experiment: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    store.add_fit(
+        regmix_experiment,
+        NewFit("linear", "linear", 512, {}, None, pickle.dumps(_Trap(marker)), "pickle"),
+    )
+    mixture = {"weights": dict.fromkeys(read_swarm("test")[0][0], 1 / 17)}
+    predict = f"{API}/experiments/{regmix_experiment}/predict"
+    stale = client.post(predict, json={"mixtures": [mixture]})
+    assert stale.status_code == 409, stale.text
+    assert "pickle" in stale.json()["detail"] and "fit again" in stale.json()["detail"]
+    assert not marker.exists()
+    fitted = client.post(f"{API}/experiments/{regmix_experiment}/fit", json={"model": "linear"})
+    assert fitted.status_code == 200, fitted.text
+    assert client.post(predict, json={"mixtures": [mixture]}).status_code == 200
+    assert not marker.exists()
 
 
 def test_linear_fit_on_regmix_reports_cv_and_predicts_held_out_runs(

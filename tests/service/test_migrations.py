@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -12,14 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect, make_url, text
+from sqlalchemy import create_engine, insert, inspect, make_url, select, text
 
+from mixers.persistence import FIT_FORMAT
 from mixopt.settings import Settings
 from service.main import create_app
-from service.store import SqlStore, schema
-from service.store.models import Base
-from service.store.sql import make_engine
+from service.store import NewExperiment, NewFit, SqlStore, StoredModel, schema
+from service.store.models import Base, ExperimentRow, FitRow
+from service.store.sql import make_engine, utcnow
 from tests.conftest import PG_SERVER
 
 with warnings.catch_warnings():
@@ -64,6 +67,43 @@ def test_upgrade_from_each_earlier_revision_reaches_head(empty_database: str, st
     schema.upgrade(engine, start)
     assert schema.upgrade(engine) == schema.head_revision()
     SqlStore(engine).check_ready()
+    engine.dispose()
+
+
+def test_a_fit_model_stored_before_formats_existed_reads_back_as_pickle(
+    empty_database: str,
+) -> None:
+    engine = make_engine(empty_database)
+    schema.upgrade(engine, "0002_weight_versions_superseded")
+    blob = pickle.dumps({"coefficients": [0.5, -1.25]})
+    now = utcnow()
+    fit = {"model": "linear", "requested": "auto", "n_runs": 8, "report": {}, "fitted_at": now}
+    # Only the columns revision 0002 has: the models' own insert would name model_format.
+    with engine.begin() as conn:
+        experiment_id = conn.execute(
+            insert(ExperimentRow)
+            .values(
+                name="old",
+                mode="offline",
+                method="regmix",
+                domains=[],
+                objective={},
+                config={},
+                status="active",
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(ExperimentRow.id)
+        ).scalar_one()
+        conn.execute(insert(FitRow).values(experiment_id=experiment_id, model_blob=None, **fit))
+        conn.execute(insert(FitRow).values(experiment_id=experiment_id, model_blob=blob, **fit))
+    schema.upgrade(engine)
+    with engine.connect() as conn:
+        formats = conn.execute(select(FitRow.model_format).order_by(FitRow.id)).scalars().all()
+    assert formats == [None, "pickle"]
+    latest = SqlStore(engine).latest_fit(str(experiment_id))
+    assert latest is not None
+    assert latest[1] == StoredModel("pickle", blob)
     engine.dispose()
 
 
@@ -128,3 +168,24 @@ def test_db_upgrade_command_works_from_the_installed_package(empty_database: str
     )
     assert done.returncode == 0, done.stderr
     assert schema.head_revision() in done.stdout
+
+
+def test_downgrading_past_model_formats_drops_the_models_older_code_cannot_read(
+    empty_database: str,
+) -> None:
+    engine = make_engine(empty_database)
+    schema.upgrade(engine)
+    store = SqlStore(engine)
+    experiment = store.create_experiment(
+        NewExperiment(
+            name="e", mode="offline", method="regmix", domains=[], objective={}, config={}
+        )
+    )
+    for data, model_format in ((b"\x80pickled", "pickle"), (b"x\x9cdata", FIT_FORMAT)):
+        store.add_fit(experiment.id, NewFit("linear", "auto", 8, {}, None, data, model_format))
+    with engine.connect() as conn:
+        command.downgrade(schema.alembic_config(conn), "0002_weight_versions_superseded")
+        conn.commit()
+        blobs = conn.execute(text("SELECT model_blob FROM fits ORDER BY id")).scalars().all()
+    assert [None if b is None else bytes(b) for b in blobs] == [b"\x80pickled", None]
+    engine.dispose()

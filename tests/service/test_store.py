@@ -9,7 +9,15 @@ from typing import Any, TypeVar
 import pytest
 
 from mixopt.errors import Conflict, Gone, InvalidInput, LeaseLost, NotFound
-from service.store import NewExperiment, NewOnlineRun, NewRun, NewVersion, SqlStore
+from service.store import (
+    NewExperiment,
+    NewFit,
+    NewOnlineRun,
+    NewRun,
+    NewVersion,
+    SqlStore,
+    StoredModel,
+)
 from service.store.base import StaleVersion, WeightsRecord
 from tests.conftest import Clock
 
@@ -593,6 +601,67 @@ def test_online_methods_refuse_offline_and_unknown_runs(store: SqlStore) -> None
         for call in calls:
             with pytest.raises(NotFound):
                 call(run_id)
+
+
+# --- fits ---
+
+
+def new_fit(
+    n_runs: int = 8, data: bytes | None = b"model", model_format: str | None = "x"
+) -> NewFit:
+    return NewFit(
+        model="linear",
+        requested="auto",
+        n_runs=n_runs,
+        report={"cv": {"spearman": 0.9}},
+        recommendation={"weights": {"web": 0.6, "code": 0.4}} if data is not None else None,
+        model_data=data,
+        model_format=model_format,
+    )
+
+
+def test_fits_are_stored_and_listed_newest_first_in_pages(store: SqlStore) -> None:
+    experiment = store.create_experiment(new_experiment())
+    added = [store.add_fit(experiment.id, new_fit(n_runs=8 + i)) for i in range(5)]
+    first = added[0]
+    assert (first.experiment_id, first.model, first.requested, first.n_runs) == (
+        experiment.id,
+        "linear",
+        "auto",
+        8,
+    )
+    assert first.report == {"cv": {"spearman": 0.9}}
+    assert first.recommendation == {"weights": {"web": 0.6, "code": 0.4}}
+    assert [store.get_fit(fit.id) for fit in added] == added
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = store.list_fits(experiment.id, limit=2, cursor=cursor)
+        seen += [fit.id for fit in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == [fit.id for fit in reversed(added)]
+    other = store.create_experiment(new_experiment("other"))
+    assert store.list_fits(other.id, limit=10, cursor=None).items == []
+    with pytest.raises(NotFound):
+        store.get_fit("12345")
+    with pytest.raises(NotFound):
+        store.list_fits("12345", limit=10, cursor=None)
+    with pytest.raises(NotFound):
+        store.add_fit("12345", new_fit())
+
+
+def test_latest_fit_returns_the_stored_model_and_its_format(store: SqlStore) -> None:
+    experiment = store.create_experiment(new_experiment())
+    assert store.latest_fit(experiment.id) is None
+    first = store.add_fit(experiment.id, new_fit(data=b"\x80\x05first", model_format="pickle"))
+    assert store.latest_fit(experiment.id) == (first, StoredModel("pickle", b"\x80\x05first"))
+    second = store.add_fit(experiment.id, new_fit(data=None, model_format=None))
+    assert second.recommendation is None
+    assert store.latest_fit(experiment.id) == (second, None)
+    with pytest.raises(NotFound):
+        store.latest_fit("12345")
 
 
 # --- tokens ---

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Row, insert, select
 
 from mixopt.errors import NotFound
-from service.store.base import FitRecord, Page
+from service.store.base import FitRecord, NewFit, Page, StoredModel
 from service.store.models import FitRow
 from service.store.sql._base import SqlStoreBase, _keyset, _page, _parse_id
 
@@ -40,17 +39,7 @@ class FitStore(SqlStoreBase):
         FitRow.fitted_at,
     )
 
-    def add_fit(
-        self,
-        experiment_id: str,
-        *,
-        model: str,
-        requested: str,
-        n_runs: int,
-        report: Mapping[str, Any],
-        recommendation: Mapping[str, Any] | None,
-        blob: bytes | None,
-    ) -> FitRecord:
+    def add_fit(self, experiment_id: str, fit: NewFit) -> FitRecord:
         eid = _parse_id(experiment_id, "experiment")
         with self._write() as conn:
             self._load_experiment(conn, eid)
@@ -58,12 +47,15 @@ class FitStore(SqlStoreBase):
                 insert(FitRow)
                 .values(
                     experiment_id=eid,
-                    model=model,
-                    requested=requested,
-                    n_runs=n_runs,
-                    report=dict(report),
-                    recommendation=dict(recommendation) if recommendation is not None else None,
-                    model_blob=blob,
+                    model=fit.model,
+                    requested=fit.requested,
+                    n_runs=fit.n_runs,
+                    report=dict(fit.report),
+                    recommendation=(
+                        dict(fit.recommendation) if fit.recommendation is not None else None
+                    ),
+                    model_blob=fit.model_data,
+                    model_format=fit.model_format,
                     fitted_at=self._clock(),
                 )
                 .returning(*self._FIT_COLUMNS)
@@ -92,16 +84,17 @@ class FitStore(SqlStoreBase):
             rows = conn.execute(query).all()
         return _page(rows, limit, self._fit)
 
-    def latest_fit(self, experiment_id: str) -> tuple[FitRecord, bytes | None] | None:
+    def latest_fit(self, experiment_id: str) -> tuple[FitRecord, StoredModel | None] | None:
         eid = _parse_id(experiment_id, "experiment")
         with self._read() as conn:
             self._load_experiment(conn, eid)
             row = conn.execute(
-                select(*self._FIT_COLUMNS, FitRow.model_blob)
+                select(*self._FIT_COLUMNS, FitRow.model_blob, FitRow.model_format)
                 .where(FitRow.experiment_id == eid)
                 .order_by(FitRow.id.desc())
                 .limit(1)
             ).first()
         if row is None:
             return None
-        return self._fit(row), row.model_blob
+        stored = None if row.model_blob is None else StoredModel(row.model_format, row.model_blob)
+        return self._fit(row), stored

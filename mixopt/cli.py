@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 import typer
 
 from mixopt import __version__
-from mixopt.schemas import NAME_PATTERN
+from mixopt.schemas import DEFAULT_URL, NAME_PATTERN, ExperimentStatus, ImportStatus, Scope
 from mixopt.settings import Settings, is_loopback
 
 if TYPE_CHECKING:
@@ -175,9 +175,7 @@ def token_create(
     schema.upgrade(engine)
     store = SqlStore(engine)
     expires = utcnow() + timedelta(days=expires_days) if expires_days else None
-    record, secret = store.create_token(
-        name, cast(Literal["read", "write", "admin"], scope), expires
-    )
+    record, secret = store.create_token(name, cast(Scope, scope), expires)
     typer.echo(
         f"token {record.id} {record.name!r} scope={record.scope} "
         f"expires={record.expires_at.isoformat() if record.expires_at else 'never'}"
@@ -202,7 +200,6 @@ Token = Annotated[
         show_envvar=True,
     ),
 ]
-DEFAULT_URL = "http://127.0.0.1:8000"
 CLI_RETRIES = 3
 
 
@@ -316,9 +313,7 @@ def experiment_list(
     if status not in (None, "active", "archived"):
         raise _fail(f"--status must be active or archived, not {status!r}")
     with _api(url, token) as client:
-        experiments = list(
-            client.iter_experiments(cast(Literal["active", "archived"] | None, status))
-        )
+        experiments = list(client.iter_experiments(cast(ExperimentStatus | None, status)))
     if as_json:
         typer.echo(json.dumps([e.model_dump(mode="json") for e in experiments], indent=2))
         return
@@ -368,7 +363,7 @@ class ImportRow:
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
-    status: Literal["pending", "completed", "failed"] | None = None
+    status: ImportStatus | None = None
     excluded: bool = False
     renormalised: bool = False
 
@@ -613,7 +608,7 @@ def plan_import(
                 if status in ("pending", "running"):
                     item.status = "pending"  # a running run comes back as work to do
                 elif status in ("completed", "failed"):
-                    item.status = cast(Literal["completed", "failed"], status)
+                    item.status = cast(ImportStatus, status)
                 elif status:
                     raise ValueError(f"unknown status {status!r}")
                 item.excluded = row.get("excluded", "").strip().lower() == "true"

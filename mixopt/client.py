@@ -36,13 +36,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
 import pydantic
 
 from mixopt import __version__, schemas
+from mixopt.schemas import API_PREFIX, DEFAULT_URL, ExperimentStatus, ImportStatus, RunStatus
 
 __all__ = [
     "DEFAULT_URL",
@@ -61,16 +62,12 @@ __all__ = [
     "ValidationError",
 ]
 
-DEFAULT_URL = "http://127.0.0.1:8000"
-API_PREFIX = "/api/v1"
 METRICS_BATCH = 10_000
 """The most points ``POST /runs/{id}/metrics`` takes in one request."""
 
 log = logging.getLogger("mixopt.client")
 
 M = TypeVar("M", bound=pydantic.BaseModel)
-ExperimentStatus = Literal["active", "archived"]
-RunStatus = Literal["pending", "running", "completed", "failed"]
 
 # --- errors ------------------------------------------------------------------------------------
 
@@ -481,7 +478,7 @@ class MixoptClient:
         metrics: Mapping[str, float] | None = None,
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
-        status: Literal["pending", "completed", "failed"] | None = None,
+        status: ImportStatus | None = None,
         external_id: str | None = None,
         run: schemas.RunImport | None = None,
     ) -> ImportedRun:

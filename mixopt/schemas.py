@@ -22,6 +22,8 @@ from pydantic import (
 )
 
 __all__ = [
+    "API_PREFIX",
+    "DEFAULT_URL",
     "NAME_PATTERN",
     "ClaimRequest",
     "CompleteRequest",
@@ -30,8 +32,10 @@ __all__ = [
     "ExcludeRequest",
     "Experiment",
     "ExperimentCreate",
+    "ExperimentStatus",
     "FailRequest",
     "HeartbeatRequest",
+    "ImportStatus",
     "MethodInfo",
     "MetricPoint",
     "MetricsAccepted",
@@ -46,6 +50,7 @@ __all__ = [
     "RunCounts",
     "RunImport",
     "RunList",
+    "RunStatus",
     "Scope",
     "StoredPoint",
     "Token",
@@ -53,6 +58,10 @@ __all__ = [
     "TokenCreated",
 ]
 
+API_PREFIX = "/api/v1"
+"""The path every API resource starts with (the probes, ``/metrics`` and the dashboard do not)."""
+DEFAULT_URL = "http://127.0.0.1:8000"
+"""The server a client talks to when given no URL: where ``mixopt serve`` listens by default."""
 NAME_PATTERN = r"^[A-Za-z0-9_.:/-]{1,128}$"
 MAX_STEP = 2**62
 
@@ -83,7 +92,10 @@ Tags = dict[Name, Annotated[str, StringConstraints(max_length=1024), StorableTex
 Reason = Annotated[str, StringConstraints(max_length=4096), StorableText]
 Scope = Literal["read", "write", "admin"]
 Mode = Literal["offline", "online"]
+ExperimentStatus = Literal["active", "archived"]
 RunStatus = Literal["pending", "running", "completed", "failed"]
+ImportStatus = Literal["pending", "completed", "failed"]
+"""The statuses a run can be imported with: a running run is imported as pending."""
 
 
 class _Body(BaseModel):
@@ -121,9 +133,6 @@ def check_json_storable(value: Any, path: str = "", depth: int = 0) -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             check_json_storable(item, f"{path}[{index}]", depth + 1)
-
-
-check_json_finite = check_json_storable  # the earlier, narrower name
 
 
 # --- experiments -------------------------------------------------------------------------------
@@ -208,7 +217,7 @@ class Experiment(_Reply):
     domains: list[Domain]
     objective: Objective
     config: dict[str, Any]
-    status: Literal["active", "archived"]
+    status: ExperimentStatus
     created_at: datetime
     counts: RunCounts = Field(default_factory=RunCounts)
 
@@ -265,7 +274,7 @@ class RunImport(_Body):
     params: dict[str, Any] = Field(default_factory=dict)
     tags: Tags = Field(default_factory=dict)
     metrics: Metrics = Field(default_factory=dict)
-    status: Literal["pending", "completed", "failed"] | None = Field(
+    status: ImportStatus | None = Field(
         default=None, description="defaults to completed when metrics are given, else pending"
     )
     external_id: (
@@ -279,7 +288,7 @@ class RunImport(_Body):
         return params
 
     @property
-    def resolved_status(self) -> Literal["pending", "completed", "failed"]:
+    def resolved_status(self) -> ImportStatus:
         if self.status is not None:
             return self.status
         return "completed" if self.metrics else "pending"

@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from mixopt import __version__, schemas
+from mixopt.schemas import API_PREFIX
 from mixopt.settings import Settings
 from service.api.routes import experiments, online, ops, runs, tokens
 from service.auth import Authenticator
@@ -21,7 +22,6 @@ from service.store import Store
 
 __all__ = ["API_PREFIX", "create_app"]
 
-API_PREFIX = "/api/v1"
 log = logging.getLogger("mixopt.service")
 
 

@@ -7,12 +7,9 @@ a new one is a module in ``mixers`` and its registration.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,6 +24,7 @@ from mixers.persistence import FIT_FORMAT, UnreadableFit, dump_fit, load_fit
 from mixers.registry import get_method, offline_method, online_method
 from mixopt import schemas
 from mixopt.errors import Conflict, ErrorItem, Gone, InvalidInput
+from mixopt.runs_csv import write_runs
 from service.convert import backtest_out, fit_out, fit_report, recommendation_out
 from service.store import ExperimentRecord, NewExperiment, NewRun, RunRecord, Store
 from service.store.base import NewFit, NewOnlineRun, NewVersion, StaleVersion, WeightsRecord
@@ -240,7 +238,7 @@ class Operations:
         """
         experiment = self.store.get_experiment(experiment_id, counts=False)
         runs = list(self.store.iter_runs(experiment_id))
-        return _csv_rows(experiment, runs)
+        return write_runs([d["name"] for d in experiment.domains], runs)
 
     # --- fits ---
 
@@ -455,52 +453,3 @@ class Operations:
         return schemas.Recommendation(
             weights=space.to_dict(mixer.recommend(space, state)), run_id=latest.id
         )
-
-
-def _csv_rows(experiment: ExperimentRecord, runs: Sequence[RunRecord]) -> Iterator[str]:
-    domains = [d["name"] for d in experiment.domains]
-    metric_names = sorted({name for run in runs for name in run.metrics})
-    tag_keys = sorted({key for run in runs for key in run.tags})
-    has_params = any(run.params for run in runs)
-    header = [
-        "run_id",
-        "status",
-        "excluded",
-        "attempt",
-        "external_id",
-        "created_at",
-        *(f"weight/{d}" for d in domains),
-        *(f"metric/{m}" for m in metric_names),
-        *(f"tag/{k}" for k in tag_keys),
-        *(["params"] if has_params else []),
-    ]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-
-    def flush() -> str:
-        text = buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-        return text
-
-    writer.writerow(header)
-    yield flush()
-    for run in runs:
-        writer.writerow(
-            [
-                run.id,
-                run.status,
-                str(run.excluded).lower(),
-                run.attempt,
-                run.external_id or "",
-                run.created_at.isoformat(),
-                *(repr(float(run.weights[d])) for d in domains),
-                *(
-                    "" if m not in run.metrics else repr(float(run.metrics[m]))
-                    for m in metric_names
-                ),
-                *(run.tags.get(k, "") for k in tag_keys),
-                *([json.dumps(run.params, sort_keys=True)] if has_params else []),
-            ]
-        )
-        yield flush()

@@ -1,13 +1,15 @@
-"""The runs.csv format of ``mixopt.runs_csv``: written from stored or wire runs alike."""
+"""The runs.csv format of ``mixopt.runs_csv``: written from stored or wire runs alike, and read
+back by the importer's planner."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from mixopt import schemas
-from mixopt.runs_csv import write_runs
+from mixopt.runs_csv import plan_import, write_runs
 from service.store import RunRecord
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -65,3 +67,20 @@ def test_no_runs_is_the_header_of_the_fixed_and_weight_columns() -> None:
 def test_wire_runs_are_written_like_stored_runs() -> None:
     wire = [schemas.Run.model_validate(asdict(run)) for run in RUNS]
     assert "".join(write_runs(DOMAINS, wire)) == EXPECTED
+
+
+def test_a_written_file_plans_the_same_runs_back(tmp_path: Path) -> None:
+    running = record(4, status="running", tags={"k": "x"})
+    path = tmp_path / "export.csv"
+    path.write_text("".join(write_runs(DOMAINS, [*RUNS, running])), encoding="utf-8")
+    plan = plan_import(DOMAINS, path)
+    assert (plan.kind, plan.weight_prefix, plan.invalid) == ("runs.csv", "weight/", [])
+    assert plan.metric_names == ["b", "loss"]
+    assert [row.external_id for row in plan.rows] == [f"export:{n}" for n in range(1, 5)]
+    assert [row.status for row in plan.rows] == ["completed", "pending", "completed", "pending"]
+    assert [row.excluded for row in plan.rows] == [False, True, False, False]
+    for row, run in zip(plan.rows, [*RUNS, running], strict=True):
+        assert row.weights == run.weights
+        assert row.metrics == run.metrics
+        assert row.tags == run.tags
+        assert row.params == run.params

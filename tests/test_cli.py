@@ -450,7 +450,7 @@ def test_fit_and_recommend_print_tables(scripted: list[httpx.Request]) -> None:
 
 
 def test_unreachable_server_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mixopt.cli.CLI_RETRIES", 0)
+    monkeypatch.setattr("mixopt.cli._common.CLI_RETRIES", 0)
     result = CliRunner().invoke(
         app, ["experiment", "list", "--url", "http://127.0.0.1:9", "--token", "t"]
     )

@@ -1,0 +1,321 @@
+"""Fit, recommend (through the API) and backtest (locally, on a file)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from mixopt.cli._common import Token, Url, _api, _console, _fail, _number
+from mixopt.runs_csv import WEIGHT_PREFIX, TableError, plan_import, read_table
+from mixopt.schemas import DEFAULT_URL
+
+if TYPE_CHECKING:
+    from mixopt import schemas
+
+
+def fit(
+    experiment_id: Annotated[str, typer.Argument(help="the offline experiment")],
+    model: Annotated[
+        str, typer.Option(help="auto, lightgbm, linear, loglinear, mixing_law or gp")
+    ] = "auto",
+    top: Annotated[int, typer.Option(min=1, help="domains to show by importance")] = 20,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Fit a regressor on the completed runs, cross-validate it and search the recommendation."""
+    from rich.table import Table
+
+    with _api(url, token) as client:
+        report = client.fit(experiment_id, model)
+    out = _console()
+    out.print(
+        f"fit {report.id}: {report.model} (requested {report.requested}) on {report.n_runs} runs"
+    )
+    cv = Table(title=f"{report.cv.folds}-fold cross-validation")
+    for name in ("spearman", "pearson", "mae", "r2"):
+        cv.add_column(name, justify="right")
+    cv.add_row(*(_number(getattr(report.cv, n)) for n in ("spearman", "pearson", "mae", "r2")))
+    out.print(cv)
+    if report.candidates:
+        candidates = Table(title="models compared")
+        candidates.add_column("model")
+        candidates.add_column("spearman", justify="right")
+        for candidate in sorted(
+            report.candidates, key=lambda c: -(c.spearman if c.spearman is not None else -2)
+        ):
+            marker = " *" if candidate.model == report.model else ""
+            candidates.add_row(candidate.model + marker, _number(candidate.spearman))
+        out.print(candidates)
+    if report.importance:
+        importance = Table(title="domain importance")
+        importance.add_column("domain")
+        importance.add_column("importance", justify="right")
+        ranked = sorted(report.importance.items(), key=lambda item: -item[1])
+        for domain, value in ranked[:top]:
+            importance.add_row(domain, _number(value))
+        out.print(importance)
+    if report.noise.replicate_groups:
+        out.print(
+            f"run-to-run noise: std {_number(report.noise.std)} "
+            f"from {report.noise.replicate_groups} groups of replicates"
+        )
+
+
+def _interval(predicted: schemas.Predicted | None) -> str:
+    if predicted is None:
+        return "-"
+    return f"{predicted.value:.4f} [{predicted.low:.4f}, {predicted.high:.4f}]"
+
+
+def recommend(
+    experiment_id: Annotated[str, typer.Argument(help="the experiment")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """The recommended mixture (of the latest fit, or of an online experiment's runs)."""
+    from rich.table import Table
+
+    with _api(url, token) as client:
+        experiment = client.get_experiment(experiment_id)
+        rec = client.recommendation(experiment_id)
+    if as_json:
+        typer.echo(json.dumps(rec.model_dump(mode="json"), indent=2))
+        return
+    out = _console()
+    source = (
+        f"fit {rec.fit_id} ({rec.model}, {rec.n_runs} runs)"
+        if rec.fit_id
+        else f"run {rec.run_id}"
+        if rec.run_id
+        else "the service"
+    )
+    table = Table(title=f"recommended mixture for {experiment.name!r} from {source}")
+    table.add_column("domain")
+    table.add_column("recommended", justify="right")
+    baseline = rec.baseline.weights if rec.baseline is not None else None
+    if baseline is not None:
+        table.add_column("baseline", justify="right")
+    table.add_column("prior", justify="right")
+    priors = {d.name: d.prior for d in experiment.domains}
+    for domain in sorted(rec.weights, key=lambda d: -rec.weights[d]):
+        cells = [domain, f"{rec.weights[domain]:.4f}"]
+        if baseline is not None:
+            cells.append(f"{baseline.get(domain, 0.0):.4f}")
+        cells.append(_number(priors.get(domain)))
+        table.add_row(*cells)
+    out.print(table)
+    objective = ", ".join(f"{w:g}×{m}" for m, w in experiment.objective.metrics.items())
+    if rec.predicted is not None:
+        out.print(
+            f"predicted {experiment.objective.direction} objective ({objective}): "
+            f"{_interval(rec.predicted)} (80 % interval)"
+        )
+    if rec.baseline is not None and rec.baseline.predicted is not None:
+        out.print(f"baseline (the prior mixture): {_interval(rec.baseline.predicted)}")
+    if rec.p_better_than_baseline is not None:
+        out.print(f"probability better than the baseline: {rec.p_better_than_baseline:.2f}")
+    if rec.alternatives:
+        out.print(f"{len(rec.alternatives)} alternative mixtures within the noise of the best")
+
+
+# --- backtest ----------------------------------------------------------------------------------
+
+
+def _domains_in(path: Path, weight_prefix: str | None) -> list[str]:
+    """The domains a table's weight columns name: ``weight/<d>`` in a runs.csv, or every column
+    starting with ``--weight-prefix``."""
+    header, _ = read_table(path)
+    prefix = weight_prefix if weight_prefix is not None else WEIGHT_PREFIX
+    domains = [c[len(prefix) :] for c in header if c.startswith(prefix) and len(c) > len(prefix)]
+    if not domains:
+        raise TableError(
+            f"{path} has no weight columns {prefix}<domain>"
+            + ("" if weight_prefix else "; pass --weight-prefix")
+        )
+    return domains
+
+
+def backtest(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="runs.csv exported by mixopt, or a weights table (with --weight-prefix)",
+        ),
+    ],
+    objective: Annotated[
+        str | None,
+        typer.Option(help="the metric to predict (default: the only metric in the files)"),
+    ] = None,
+    maximize: Annotated[bool, typer.Option(help="higher objective is better")] = False,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-file", exists=True, dir_okay=False, help="metrics table to join with FILE"
+        ),
+    ] = None,
+    join: Annotated[str, typer.Option(help="the key column joining the two tables")] = "index",
+    weight_prefix: Annotated[
+        str | None,
+        typer.Option(help="weight columns are PREFIX<domain> (default: weight/)"),
+    ] = None,
+    metric_prefix: Annotated[
+        str | None, typer.Option(help="metric columns are PREFIX<name>", show_default=False)
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="regressor to compare, or auto (repeatable; default: all and auto)"),
+    ] = None,
+    size: Annotated[
+        list[int] | None,
+        typer.Option(help="runs to replay (repeatable; default: 32, 64, ... and all)"),
+    ] = None,
+    design: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="stored, random, or an offline method such as regmix (repeatable; default: stored)"
+        ),
+    ] = None,
+    reference_model: Annotated[
+        str, typer.Option(help="the regressor fitted on every run to judge the others")
+    ] = "lightgbm",
+    seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write the full result (weights too) here")
+    ] = None,
+) -> None:
+    """Replay a finished swarm locally: what each regressor and design would have recommended
+    with 32, 64, 128 ... runs, judged by a model fitted on every run.
+
+    The runs are replayed in the file's order (their creation order in a runs.csv); only
+    completed, not excluded runs with the objective count. The swarm's mean mixture is the
+    prior. POST /experiments/{id}/backtest does the same on a stored experiment.
+    """
+    import numpy as np
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    from mixers import DomainSpace
+    from mixers.backtest import BacktestPlan
+    from mixers.backtest import backtest as run_backtest
+    from mixopt.errors import MixoptError
+
+    try:
+        domains = _domains_in(file, weight_prefix)
+        plan = plan_import(
+            domains,
+            file,
+            metrics_path=metrics_file,
+            join=join,
+            weight_prefix=weight_prefix,
+            metric_prefix=metric_prefix,
+        )
+    except TableError as exc:
+        raise _fail(str(exc)) from None
+    if plan.invalid:
+        label, reason = plan.invalid[0]
+        raise _fail(f"{len(plan.invalid)} rows cannot be read; first: {label}: {reason}")
+    if objective is None:
+        if len(plan.metric_names) != 1:
+            raise _fail(
+                "pass --objective: the files hold the metrics "
+                + (", ".join(plan.metric_names) or "(none)")
+            )
+        objective = plan.metric_names[0]
+    elif objective not in plan.metric_names:
+        raise _fail(
+            f"no metric {objective!r}; the files hold: {', '.join(plan.metric_names) or '(none)'}"
+        )
+    rows = [
+        row
+        for row in plan.rows
+        if row.status in (None, "completed") and not row.excluded and objective in row.metrics
+    ]
+    out = _console()
+    out.print(
+        f"{file.name}: {len(rows)} usable runs of {len(plan.rows)}, {len(domains)} domains, "
+        f"objective {objective} ({'maximize' if maximize else 'minimize'})"
+    )
+    if not rows:
+        raise _fail("no usable runs")
+    weights = np.array([[row.weights[d] for d in domains] for row in rows])
+    y = np.array([row.metrics[objective] for row in rows], dtype=float)
+    space = DomainSpace.from_swarm(domains, weights)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=_console(stderr=True),
+        transient=True,
+    ) as progress:
+        task = progress.add_task("backtest", total=None)
+
+        def report(done: int, total: int, what: str) -> None:
+            progress.update(task, completed=done, total=total, description=what)
+
+        try:
+            result = run_backtest(
+                space,
+                weights,
+                y,
+                [row.external_id for row in rows],
+                BacktestPlan(
+                    models=model or None,
+                    sizes=size or None,
+                    designs=design or ["stored"],
+                    reference_model=reference_model,
+                    progress=report,
+                ),
+                direction="maximize" if maximize else "minimize",
+                seed=seed,
+            )
+        except MixoptError as exc:
+            raise _fail(str(exc)) from None
+    table = Table(title=f"backtest of {file.name} (regret: judged minus the reference's best)")
+    for column, justify in [
+        ("design", "left"),
+        ("runs", "right"),
+        ("model", "left"),
+        ("cv spearman", "right"),
+        ("held-out spearman", "right"),
+        ("predicted", "right"),
+        ("judged", "right"),
+        ("regret", "right"),
+    ]:
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in result.rows:
+        label = row.model if row.requested == row.model else f"auto → {row.model}"
+        table.add_row(
+            row.design + (f" (match {row.match_l1:.2f})" if row.match_l1 is not None else ""),
+            str(row.n_runs),
+            label,
+            _number(row.cv_spearman, 3),
+            _number(row.heldout_spearman, 3),
+            _number(row.predicted),
+            _number(row.judged),
+            f"{row.regret:+.4f}",
+        )
+    out.print(table)
+    ref = result.reference
+    out.print(
+        f"reference: {ref.model} on all {result.n_runs} runs, cv spearman "
+        f"{_number(ref.cv_spearman, 3)}, its recommendation judged {ref.judged:.4f}; "
+        f"{result.seconds:.0f} s"
+    )
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.to_dict(), indent=2))
+        out.print(f"wrote {json_out}")

@@ -1,0 +1,136 @@
+"""``version``, and the commands that work on the database directly, where the server runs:
+``serve``, ``db`` and ``token create``."""
+
+from __future__ import annotations
+
+import re
+import sys
+from datetime import timedelta
+from typing import Annotated, cast
+
+import typer
+
+from mixopt import __version__
+from mixopt.cli._common import DatabaseUrl, _fail, _settings
+from mixopt.schemas import NAME_PATTERN, Scope
+from mixopt.settings import is_loopback
+
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+
+
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def serve(
+    database_url: DatabaseUrl = None,
+    host: Annotated[str | None, typer.Option(help="address to bind [default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [default: 8000]")] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="skip auth; refused unless bound to loopback")
+    ] = False,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="load a demo experiment and print an admin token")
+    ] = False,
+    log_level: Annotated[str | None, typer.Option(help="uvicorn log level")] = None,
+) -> None:
+    """Upgrade the schema (under a lock) and serve the API."""
+    import uvicorn
+
+    from service.main import create_app
+    from service.store import SqlStore, schema
+    from service.store.sql import make_engine
+
+    settings = _settings(
+        database_url, host=host, port=port, log_level=log_level, no_auth=no_auth or None
+    )
+    if settings.no_auth and not is_loopback(settings.host):
+        raise _fail(
+            f"--no-auth is refused on {settings.host}: "
+            "bind to a loopback address (127.0.0.1 or ::1)"
+        )
+    engine = make_engine(settings.database_url)
+    schema.upgrade(engine)
+    store = SqlStore(engine, weights_cache=settings.weights_cache)
+    if demo:
+        from service.demo import load_demo
+        from service.operations import Operations
+
+        created = load_demo(Operations(store))
+        typer.echo("demo experiment loaded" if created else "demo experiment already present")
+        if not settings.no_auth:
+            _, secret = store.create_token("demo-admin", "admin", None)
+            typer.echo("admin token for this demo (shown once):")
+            typer.echo(f"  export MIXOPT_TOKEN={secret}")
+        typer.echo(
+            f'try: curl -H "Authorization: Bearer $MIXOPT_TOKEN" '
+            f"http://{settings.host}:{settings.port}/api/v1/experiments"
+        )
+    try:
+        uvicorn.run(
+            create_app(settings, store),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        store.close()
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    database_url: DatabaseUrl = None,
+    revision: Annotated[str, typer.Option(help="target revision")] = "head",
+) -> None:
+    """Apply the schema migrations (safe while other replicas start: it takes a lock)."""
+    from service.store import schema
+    from service.store.sql import make_engine
+
+    engine = make_engine(_settings(database_url).database_url)
+    reached = schema.upgrade(engine, revision)
+    typer.echo(f"database at revision {reached}")
+
+
+@db_app.command("current")
+def db_current(database_url: DatabaseUrl = None) -> None:
+    """Print the database's schema revision and the head revision."""
+    from service.store import schema
+    from service.store.sql import make_engine
+
+    engine = make_engine(_settings(database_url).database_url)
+    with engine.connect() as connection:
+        current = schema.current_revision(connection)
+    typer.echo(f"current: {current}\nhead: {schema.head_revision()}")
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option(help="who or what the token is for")],
+    scope: Annotated[str, typer.Option(help="read, write or admin")] = "write",
+    expires_days: Annotated[
+        int | None, typer.Option("--expires-days", min=1, help="expire after this many days")
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create an API token; the token is printed alone on the last line (shown once)."""
+    from service.store import SqlStore, schema
+    from service.store.sql import make_engine, utcnow
+
+    if scope not in ("read", "write", "admin"):
+        raise _fail(f"--scope must be read, write or admin, not {scope!r}")
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise _fail(f"--name must match {NAME_PATTERN}")
+    engine = make_engine(_settings(database_url).database_url)
+    schema.upgrade(engine)
+    store = SqlStore(engine)
+    expires = utcnow() + timedelta(days=expires_days) if expires_days else None
+    record, secret = store.create_token(name, cast(Scope, scope), expires)
+    typer.echo(
+        f"token {record.id} {record.name!r} scope={record.scope} "
+        f"expires={record.expires_at.isoformat() if record.expires_at else 'never'}"
+    )
+    typer.echo(secret)
+    sys.stdout.flush()

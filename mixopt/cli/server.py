@@ -12,7 +12,7 @@ import typer
 
 from mixopt import __version__
 from mixopt.cli._common import DatabaseUrl, _fail, _settings
-from mixopt.schemas import NAME_PATTERN, Scope
+from mixopt.schemas import API_PREFIX, NAME_PATTERN, Scope
 from mixopt.settings import is_loopback
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -66,7 +66,7 @@ def serve(
             typer.echo(f"  export MIXOPT_TOKEN={secret}")
         typer.echo(
             f'try: curl -H "Authorization: Bearer $MIXOPT_TOKEN" '
-            f"http://{settings.host}:{settings.port}/api/v1/experiments"
+            f"http://{settings.host}:{settings.port}{API_PREFIX}/experiments"
         )
     try:
         uvicorn.run(

@@ -1,31 +1,4 @@
-"""Typed HTTP client of the mixopt API (``API.md``, version 1).
-
-It needs only httpx and pydantic (through ``mixopt.schemas``), so trainers on any framework can use
-it without the server's dependencies::
-
-    from mixopt.client import MixoptClient
-
-    with MixoptClient("http://mixopt:8000", token) as client:
-        while (run := client.claim(experiment_id, "node3/gpu1")) is not None:
-            metrics = train(run.weights)
-            client.complete(run.id, metrics, worker="node3/gpu1")
-
-Retries: every call is retried with exponential backoff and full jitter when the server answers
-503 (the database was unavailable; nothing was written) or the connection fails before the
-request was sent. Failures after the request may have reached the server (a read timeout, a
-dropped connection) are retried only for calls the contract makes idempotent: reads, and writes
-that are safe to repeat (creating calls carry a ``request_id`` that is generated once per call and
-reused by its retries; imports carry an ``external_id``). ``claim``, ``create_experiment``, an
-import without ``external_id``, ``fail`` without ``worker`` and ``create_token`` are not repeated
-after such a failure: the error is raised instead. The retry loop is a dozen lines here rather
-than a dependency (tenacity), so that the client stays httpx + pydantic only.
-
-Errors: an answer with a problem document raises a ``MixoptAPIError`` subclass chosen by status
-(``NotFoundError``, ``ConflictError``, ``ValidationError``, ``AuthError``...) carrying the parsed
-``schemas.Problem``. Bodies that fail the shared schemas' validation before being sent raise the
-same ``ValidationError`` (with ``local=True``). Connection failures that outlast the retries raise
-the underlying ``httpx.TransportError``.
-"""
+"""``MixoptClient``: one method per call of the contract, with the retry rules of the package."""
 
 from __future__ import annotations
 
@@ -35,7 +8,6 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from http import HTTPStatus
 from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
@@ -43,24 +15,10 @@ import httpx
 import pydantic
 
 from mixopt import __version__, schemas
+from mixopt.client.errors import ValidationError, error_from_response
 from mixopt.schemas import API_PREFIX, DEFAULT_URL, ExperimentStatus, ImportStatus, RunStatus
 
-__all__ = [
-    "DEFAULT_URL",
-    "AuthError",
-    "ConflictError",
-    "ForbiddenError",
-    "ImportedRun",
-    "MixoptAPIError",
-    "MixoptClient",
-    "NotFoundError",
-    "OnlineMixture",
-    "PayloadTooLargeError",
-    "ServerError",
-    "ServiceUnavailableError",
-    "UnauthorizedError",
-    "ValidationError",
-]
+__all__ = ["METRICS_BATCH", "ImportedRun", "MixoptClient"]
 
 METRICS_BATCH = 10_000
 """The most points ``POST /runs/{id}/metrics`` takes in one request."""
@@ -68,114 +26,6 @@ METRICS_BATCH = 10_000
 log = logging.getLogger("mixopt.client")
 
 M = TypeVar("M", bound=pydantic.BaseModel)
-
-# --- errors ------------------------------------------------------------------------------------
-
-
-class MixoptAPIError(Exception):
-    """The server answered with an error status; ``problem`` is its RFC 9457 document."""
-
-    def __init__(
-        self, status: int, problem: schemas.Problem, response: httpx.Response | None = None
-    ) -> None:
-        super().__init__(f"{status} {problem.title}: {problem.detail}")
-        self.status = status
-        self.problem = problem
-        self.response = response
-
-    @property
-    def detail(self) -> str:
-        return self.problem.detail
-
-    @property
-    def errors(self) -> list[schemas.ProblemError]:
-        return list(self.problem.errors or [])
-
-
-class AuthError(MixoptAPIError):
-    """401 (missing, invalid, expired or revoked token) or 403 (scope too narrow)."""
-
-
-class UnauthorizedError(AuthError):
-    """401: missing, invalid, expired or revoked token."""
-
-
-class ForbiddenError(AuthError):
-    """403: the token's scope does not allow the call."""
-
-
-class NotFoundError(MixoptAPIError):
-    """404: unknown id."""
-
-
-class ConflictError(MixoptAPIError):
-    """409: the request contradicts the stored state (lease not held, other metrics, archived)."""
-
-
-class PayloadTooLargeError(MixoptAPIError):
-    """413: the body is over the server's size limit."""
-
-
-class ValidationError(MixoptAPIError):
-    """422: the request breaks a validation rule; ``local`` when caught before sending."""
-
-    def __init__(
-        self,
-        status: int,
-        problem: schemas.Problem,
-        response: httpx.Response | None = None,
-        *,
-        local: bool = False,
-    ) -> None:
-        super().__init__(status, problem, response)
-        self.local = local
-
-
-class ServerError(MixoptAPIError):
-    """5xx."""
-
-
-class ServiceUnavailableError(ServerError):
-    """503 that outlasted the retries (database down or busy, or not ready)."""
-
-
-_ERROR_CLASSES: dict[int, type[MixoptAPIError]] = {
-    401: UnauthorizedError,
-    403: ForbiddenError,
-    404: NotFoundError,
-    409: ConflictError,
-    413: PayloadTooLargeError,
-    422: ValidationError,
-    503: ServiceUnavailableError,
-}
-
-
-def _error_class(status: int) -> type[MixoptAPIError]:
-    if status in _ERROR_CLASSES:
-        return _ERROR_CLASSES[status]
-    return ServerError if status >= 500 else MixoptAPIError
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
-def error_from_response(response: httpx.Response) -> MixoptAPIError:
-    """The exception for an error answer: its problem document, or one made from the body."""
-    status = response.status_code
-    problem: schemas.Problem | None = None
-    try:
-        problem = schemas.Problem.model_validate(response.json())
-    except (ValueError, pydantic.ValidationError):
-        problem = None
-    if problem is None:  # a proxy's HTML page, an empty body...
-        problem = schemas.Problem(
-            title=_phrase(status), status=status, detail=response.text[:1000] or _phrase(status)
-        )
-    return _error_class(status)(status, problem, response)
 
 
 def _local_validation_error(
@@ -898,102 +748,3 @@ class MixoptClient:
     def revoke_token(self, token_id: str) -> schemas.Token:
         """``DELETE /tokens/{id}``."""
         return self._model(schemas.Token, "DELETE", f"{API_PREFIX}/tokens/{_q(token_id)}")
-
-
-class OnlineMixture:
-    """The trainer's side of an online run: which weights to sample by, and when to report.
-
-    A training loop asks ``weights`` for its sampler, calls ``due(step)`` after each step, and
-    when the segment is over calls ``report(step, ...)`` with the segment's per-domain losses
-    and tokens; that answers with the next weights. After a restart from a checkpoint at step
-    S, ``resume(S)`` puts the mixer back to the state it had at S. Between reports, ``poll()``
-    costs a 304 when nothing changed (the client sends the ETag).
-
-        mixture = OnlineMixture.start(client, experiment_id, "main", total_steps=20_000)
-        for step in range(1, 20_001):
-            batch = sample(mixture.weights); train(batch)
-            if mixture.due(step):
-                mixture.report(step, train_losses=..., eval_losses=..., tokens=...)
-    """
-
-    def __init__(self, client: MixoptClient, run_id: str, *, total_steps: int | None = None):
-        self.client = client
-        self.run_id = run_id
-        self.total_steps = total_steps
-        self.current: schemas.Weights = client.get_weights(run_id)
-
-    @classmethod
-    def start(
-        cls,
-        client: MixoptClient,
-        experiment_id: str,
-        name: str,
-        *,
-        total_steps: int | None = None,
-        tags: Mapping[str, str] | None = None,
-        request_id: str | None = None,
-    ) -> OnlineMixture:
-        """Start a training run of an online experiment (idempotent with ``request_id``)."""
-        run = client.start_run(
-            experiment_id, name, total_steps=total_steps, tags=tags, request_id=request_id
-        )
-        return cls(client, run.id, total_steps=total_steps)
-
-    @property
-    def weights(self) -> dict[str, float]:
-        return self.current.weights
-
-    @property
-    def version(self) -> int:
-        return self.current.version
-
-    @property
-    def phase(self) -> str:
-        return self.current.phase
-
-    @property
-    def segment_end(self) -> int | None:
-        """The step at which the current segment ends: where the mixer wants feedback. None when
-        the mixer leaves it to the trainer. Never past ``total_steps``."""
-        if self.current.train_steps is None:
-            return self.total_steps
-        end = self.current.step + self.current.train_steps
-        return min(end, self.total_steps) if self.total_steps is not None else end
-
-    def due(self, step: int) -> bool:
-        """True once ``step`` (the number of the step just trained) ends the segment."""
-        end = self.segment_end
-        return end is not None and step >= end
-
-    def report(
-        self,
-        step: int,
-        *,
-        train_losses: Mapping[str, float] | None = None,
-        eval_losses: Mapping[str, float] | None = None,
-        tokens: Mapping[str, int] | None = None,
-    ) -> schemas.Weights:
-        """Post the segment that ended at ``step``; the answer is the next weights."""
-        self.current = self.client.feedback(
-            self.run_id,
-            step,
-            version=self.current.version,
-            train_losses=train_losses,
-            eval_losses=eval_losses,
-            tokens=tokens,
-        )
-        return self.current
-
-    def poll(self) -> schemas.Weights:
-        """Re-read the current weights (cheap: a 304 unless another process changed them)."""
-        self.current = self.client.get_weights(self.run_id)
-        return self.current
-
-    def resume(self, step: int) -> schemas.Weights:
-        """The trainer restarted from a checkpoint at ``step``: rewind the mixer to it."""
-        self.current = self.client.resume(self.run_id, step)
-        return self.current
-
-    def complete(self, metrics: Mapping[str, float] | None = None) -> schemas.Run:
-        """The run ended: its mixer state is frozen."""
-        return self.client.complete(self.run_id, metrics or {})

@@ -1,7 +1,9 @@
 """mixopt: find the best data mixture for training a language model.
 
-The public face of the project: the command line (``mixopt.cli``), the wire schemas shared by the
-service and its clients (``mixopt.schemas``) and the service settings (``mixopt.settings``).
+The public face of the project: the command line (``mixopt.cli``), the typed HTTP client
+(``mixopt.client``), the wire schemas shared by the service and its clients (``mixopt.schemas``),
+the runs.csv format both sides read and write (``mixopt.runs_csv``) and the service settings
+(``mixopt.settings``).
 """
 
 from __future__ import annotations

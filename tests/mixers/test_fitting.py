@@ -160,7 +160,6 @@ def test_regmix_recommendation(regmix):
     assert rec.p_better_than_baseline > 0.9
     assert rec.search.candidates == 100_000
     assert rec.search.top_k == 100
-    assert rec.search.seconds < 2.0  # ~0.4 s; generous for slow CI machines
     # Without it, a linear model extrapolates to a vertex no run came near.
     loose = recommend(space, regmix["result"], np.random.default_rng(0), trust_region=False)
     assert np.any(loose.weights > X.max(axis=0) + 0.1)
@@ -399,11 +398,11 @@ def test_recommend_refuses_another_space(synthetic):
         recommend(other, result, np.random.default_rng(0), candidates=10)
 
 
-def test_search_of_100k_candidates_is_fast(synthetic):
+def test_search_scores_100k_candidates_by_default(synthetic):
+    # Its speed (~0.3 s on one core) is measured by bench/mixers_speed.py.
     space, result = synthetic
     rec = recommend(space, result, np.random.default_rng(0))
     assert rec.search.candidates == 100_000
-    assert rec.search.seconds < 2.0  # ~0.3 s on one core
 
 
 def test_refining_around_the_best_beats_sampling_alone(regmix):

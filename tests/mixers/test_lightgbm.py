@@ -9,7 +9,6 @@ ranks the test mixtures with Spearman 0.99; the linear baseline gets about 0.90.
 from __future__ import annotations
 
 import pickle
-import time
 from typing import Any
 
 import numpy as np
@@ -126,13 +125,11 @@ def held_out_spearman(model: Any, regmix: dict[str, Any]) -> float:
 
 
 def test_regmix_held_out_ranking(regmix):
-    """The paper's 1M -> 1M number: 0.990 (linear 0.90); a 1000-round fit takes ~0.5 s."""
-    started = time.perf_counter()
+    """The paper's 1M -> 1M number: 0.990 (linear 0.90). A 1000-round fit takes ~0.5 s
+    (bench/mixers_speed.py)."""
     model = LightGBMMixtureRegressor(random_state=0).fit(regmix["X"], regmix["y"])
-    seconds = time.perf_counter() - started
     assert model.booster_.num_trees() == 1000
     assert held_out_spearman(model, regmix) >= 0.98
-    assert seconds < 10.0  # ~0.5 s on one thread; generous for loaded CI machines
 
 
 def test_regmix_auto_picks_a_flexible_model(regmix, regmix_auto):

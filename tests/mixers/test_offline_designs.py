@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from typing import Any
 
 import numpy as np
@@ -203,17 +202,15 @@ def test_regmix_honours_small_counts(count: int) -> None:
     assert_valid_mixtures(space, proposals, count)
 
 
-def test_regmix_designs_1000_mixtures_in_well_under_a_few_seconds() -> None:
+def test_regmix_designs_1000_distinct_mixtures_over_20_skewed_domains() -> None:
+    # Its speed (well under 3 s) is measured by bench/mixers_speed.py.
     space = DomainSpace.from_domains(
         [{"name": f"d{i}", "prior": 10.0 ** -(i / 5)} for i in range(20)]
     )
-    start = time.perf_counter()
     rows = design(space, 1000, 0)
-    elapsed = time.perf_counter() - start
     assert rows.shape == (1000, 20)
     assert space.contains(rows).all()
     assert_pairwise_distinct(rows)
-    assert elapsed < 3.0, f"1000 proposals took {elapsed:.2f} s"
 
 
 # --- regmix: coverage and temperature ----------------------------------------------------------

@@ -142,8 +142,10 @@ def test_auto_picks_the_best_cross_validated_model_and_ranks_held_out_runs(
     ranked = {m: s for m, s in scores.items() if s is not None}
     assert report["model"] == max(ranked, key=ranked.__getitem__)
     assert report["cv"]["spearman"] >= 0.97  # trees capture what the linear model cannot
+    # The search is bounded in time whatever the model (mixers.recommendation.SEARCH_SECONDS;
+    # the mechanism: tests/mixers/test_fitting.py, the figures: bench/fit_search.py).
     search = client.get(f"{API}/experiments/{regmix_experiment}/recommendation").json()["search"]
-    assert search["seconds"] < 10  # the search is bounded in time, whatever the model
+    assert search["candidates"] >= 8192 and search["top_k"] == 100
 
     test = read_swarm("test")
     predicted = client.post(

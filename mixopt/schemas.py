@@ -1,4 +1,4 @@
-"""Wire schemas of the HTTP contract (``API.md``), shared by the service and the client.
+"""Wire schemas of the HTTP API (version 1), shared by the service and the client.
 
 Request bodies forbid unknown fields (the contract answers them with 422); response models allow
 extra fields so that an older client keeps working against a newer server that adds some.
@@ -27,6 +27,7 @@ __all__ = [
     "NAME_PATTERN",
     "ClaimRequest",
     "CompleteRequest",
+    "Direction",
     "Domain",
     "DomainSpec",
     "ExcludeRequest",
@@ -94,6 +95,7 @@ Scope = Literal["read", "write", "admin"]
 Mode = Literal["offline", "online"]
 ExperimentStatus = Literal["active", "archived"]
 RunStatus = Literal["pending", "running", "completed", "failed"]
+Direction = Literal["minimize", "maximize"]
 ImportStatus = Literal["pending", "completed", "failed"]
 """The statuses a run can be imported with: a running run is imported as pending."""
 
@@ -170,7 +172,7 @@ class Objective(_Body):
     metrics: dict[Name, FiniteFloat] = Field(
         min_length=1, description="the objective is this weighted sum of the runs' metrics"
     )
-    direction: Literal["minimize", "maximize"] = "minimize"
+    direction: Direction = "minimize"
 
 
 class ExperimentCreate(_Body):
@@ -503,7 +505,7 @@ class BacktestReport(_Reply):
     sizes: list[int]
     designs: list[str]
     models: list[str]
-    direction: Literal["minimize", "maximize"]
+    direction: Direction
     reference: BacktestReference
     rows: list[BacktestRow]
     seconds: float

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from mixers.base import DomainSpace, FloatArray
+from mixers.base import Direction, DomainSpace, FloatArray
 from mixers.offline.quadmix.params import (
     ParamRanges,
     QuadMixParams,
@@ -101,7 +101,7 @@ def recommend_joint(
     score_names: Sequence[str],
     candidates: int = 100_000,
     top_k: int = 10,
-    direction: Literal["minimize", "maximize"] = "minimize",
+    direction: Direction = "minimize",
     ranges: ParamRanges | None = None,
     weights: ArrayLike | None = None,
 ) -> JointRecommendation:

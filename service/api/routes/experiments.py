@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response, status
 from fastapi.responses import StreamingResponse
@@ -64,7 +64,7 @@ def create_experiment(body: schemas.ExperimentCreate, ops: OpsDep) -> schemas.Ex
 @router.get("/experiments", dependencies=[ReadDep])
 def list_experiments(
     store: StoreDep,
-    status: Literal["active", "archived"] | None = None,
+    status: schemas.ExperimentStatus | None = None,
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> schemas.Page[schemas.Experiment]:
@@ -140,7 +140,7 @@ def add_run(
 def list_runs(
     experiment_id: str,
     store: StoreDep,
-    status: Literal["pending", "running", "completed", "failed"] | None = None,
+    status: schemas.RunStatus | None = None,
     excluded: bool | None = None,
     limit: Limit = 100,
     cursor: Cursor = None,

@@ -311,12 +311,11 @@ class DomainSpace:
         out = np.empty_like(v)
         if reachable.any():
             vr = v[reachable]
-            # Bisect on log g. (Fix: the former bracket g in [0, max(upper / v)] overflowed to inf
-            # for subnormal weights, giving NaN rows, and for rows spanning many orders of
-            # magnitude, like 0.5 beside 1e-40, was so wide that 100 halvings left g far off:
-            # even points already inside the space were moved.) The result does not depend on
-            # the scale of a row, so each is first scaled to a maximum of 1, in logs so that
-            # weights 600 orders of magnitude below the maximum do not underflow.
+            # Bisect on log g: a bracket on g itself overflows to inf for subnormal weights and,
+            # for rows spanning many orders of magnitude (0.5 beside 1e-40), is so wide that 100
+            # halvings leave g far off. The result does not depend on the scale of a row, so
+            # each is first scaled to a maximum of 1, in logs so that weights 600 orders of
+            # magnitude below the maximum do not underflow.
             with np.errstate(divide="ignore", invalid="ignore"):
                 log_v = np.log(vr)  # -inf for zero weights: exp() gives them back as 0
                 peak = log_v.max(axis=1, keepdims=True)  # -inf only for an all-zero row
@@ -334,12 +333,10 @@ class DomainSpace:
             out[reachable] = bisect(scale, log_low, np.maximum(log_high, log_low))
         if (~reachable).any():
             vu = v[~reachable]
-            # clip(v + s) with s in [0, max(upper)]. (Fix: the former clip(v - t) decreases in t
-            # while ``bisect`` assumes an increasing sum, so it ran to an end of its bracket and
-            # the row was then spread by the residual step below, not projected.) At s = 0 the
-            # sum is at most the support's upper bounds plus the others' lower bounds, < 1 for
-            # these rows; at s = max(upper) every weight is at its upper bound, so the sum >= 1.
-            # The bracket no longer grows with the values, so huge ones keep full precision.
+            # clip(v + s) with s in [0, max(upper)], increasing in s as ``bisect`` needs. At
+            # s = 0 the sum is at most the support's upper bounds plus the others' lower bounds,
+            # < 1 for these rows; at s = max(upper) every weight is at its upper bound, so the
+            # sum >= 1. The bracket does not grow with the values: huge ones keep full precision.
             out[~reachable] = bisect(
                 lambda s: np.clip(vu + s[:, None], lo, hi),
                 np.zeros(len(vu)),
@@ -348,9 +345,8 @@ class DomainSpace:
         # Bisection leaves an error near machine precision; absorb it where there is room.
         residual = 1.0 - out.sum(axis=1)
         room = np.where(residual[:, None] > 0, hi - out, out - lo)
-        # Never onto the zero weights of a scaled row (fix: they received ~1e-17, so sparse rows
-        # lost exact zeros); its support has room for the residual, which is what made it
-        # ``reachable``.
+        # Never onto the zero weights of a scaled row, so sparse rows keep exact zeros; its
+        # support has room for the residual, which is what made it ``reachable``.
         room = np.where(reachable[:, None] & (v == 0), 0.0, room)
         share = room / np.maximum(room.sum(axis=1, keepdims=True), 1e-300)
         return np.clip(out + residual[:, None] * share, lo, hi)  # type: ignore[no-any-return]

@@ -50,7 +50,7 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
         title="mixopt",
         version=__version__,
         description="Finds the best data mixture for training a language model. "
-        "Contract: API.md (version 1).",
+        "HTTP API version 1; this document is its reference.",
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -65,10 +65,10 @@ def dirichlet_design(
     chosen = np.empty((0, k))
     for attempt in range(8):
         if attempt == 4:
-            # Fix: when the tempered prior lies far outside the bounds (say a domain holding
-            # 99.998% of the prior capped at 0.2), nearly every sample projects onto the same
-            # vertex and a request for 32 got 5 mixtures. With the rejection, relax the centre
-            # too: the prior moved into the bounds (a no-op when it is inside already).
+            # When the tempered prior lies far outside the bounds (say a domain holding 99.998 %
+            # of the prior capped at 0.2), nearly every sample projects onto the same vertex.
+            # With the rejection, relax the centre too: the prior moved into the bounds (a no-op
+            # when it is inside already).
             centre = space.project(centre)[0]
         n = max(count * cfg.sample_multiplier, 64)
         samples = swarm_dirichlet(centre, n, rng, ladder, exact=True)
@@ -99,10 +99,10 @@ def _fill_by_mixing(
 ) -> FloatArray:
     """Top ``chosen`` up to ``count`` rows with random convex combinations of mixtures in the space.
 
-    Fix: in a narrow space (say web within [0.47, 0.50] of two domains) the projection puts most
-    samples on the same few vertices, and a request for 100 mixtures got 95, or 29. Mixtures on
-    the segment between two mixtures in the (convex) bounded simplex are in it too. A last
-    resort only: a design that already has ``count`` rows is returned untouched.
+    In a narrow space (say web within [0.47, 0.50] of two domains) the projection puts most
+    samples on the same few vertices, too few distinct mixtures for the count. Mixtures on the
+    segment between two mixtures in the (convex) bounded simplex are in it too. A last resort
+    only: a design that already has ``count`` rows is returned untouched.
     """
     inside = existing[space.contains(existing)] if len(existing) else existing
     for _ in range(8):
@@ -139,9 +139,8 @@ def _cover_small_domains(
     free = 1.0 - float(space.lower.sum())
     # The most each domain can hold: its upper bound, or all the mass the lower bounds leave.
     reach = np.minimum(space.upper, space.lower + free)
-    # Fix: a domain whose bound (often a repetition cap) lies between 1e-3 and the floor (2e-3
-    # by default) was skipped, so a tiny domain capped there never had a real share. The target
-    # is now the floor or, when lower, what the domain can hold.
+    # The target is the floor or, when lower, what the domain can hold: a domain whose bound
+    # (often a repetition cap) lies between 1e-3 and the floor (2e-3 by default) gets a share.
     target = np.minimum(share_floor, reach) * (1 - 1e-9)
     for _ in range(3):  # again if covering one domain took the only real share of another
         seen = np.vstack([existing, chosen])
@@ -154,11 +153,10 @@ def _cover_small_domains(
         for slot, i in enumerate(missing[: len(chosen)]):
             row = chosen[rows[slot]]
             share = min(reach[i], max(0.5 / space.k, 3 * space.prior[i], share_floor))
-            # Fix: move the row towards the point where domain i holds all the free mass, just
-            # far enough that it holds ``share``. The other weights shrink towards their lower
-            # bounds, so the row stays within the bounds. (Scaling them by 1 - share pushed
-            # weights at a lower bound below it; projecting back then cut the new share to
-            # below its target, 0.000999 for a cap of 0.001.)
+            # Move the row towards the point where domain i holds all the free mass, just far
+            # enough that it holds ``share``. The other weights shrink towards their lower
+            # bounds, so the row stays within the bounds (scaling them by 1 - share would push
+            # weights at a lower bound below it, and projecting back would cut the new share).
             vertex = space.lower.copy()
             vertex[i] += free
             step = (share - row[i]) / (vertex[i] - row[i])

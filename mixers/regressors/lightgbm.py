@@ -8,7 +8,7 @@ RegMix 1M-parameter proxies it ranks unseen mixtures with Spearman about 0.99 (l
 Differences from the reference notebook:
 
 * **No early stopping.** The notebook stops on ``eval_set=(X_test, y_test)``, i.e. on the data
-  it then reports on (pitfall 1.7). Here every fit runs exactly ``n_estimators`` rounds, so
+  it then reports on. Here every fit runs exactly ``n_estimators`` rounds, so
   cross-validated and held-out scores are honest.
 * **Small-data defaults.** LightGBM's ``min_child_samples=20`` forbids every split below 40
   runs, which makes the model a constant. ``min_child_samples=None`` (the default) uses

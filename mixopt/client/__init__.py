@@ -1,4 +1,4 @@
-"""Typed HTTP client of the mixopt API (``API.md``, version 1).
+"""Typed HTTP client of the mixopt API (version 1).
 
 It needs only httpx and pydantic (through ``mixopt.schemas``), so trainers on any framework can use
 it without the server's dependencies::

@@ -1,7 +1,7 @@
 # ruff: noqa: N806 - X is the conventional name of a design matrix (scikit-learn)
 """A toy proxy trainer for the offline mixers: a Data-Mixing-Law loss with a known optimum.
 
-Hidden truth, not told to the mixers (Ye et al., ICLR 2025, section 5 of the research notes):
+Hidden truth, not told to the mixers (the Data Mixing Laws of Ye et al., ICLR 2025):
 
 * The objective is the weighted validation loss over the *target* domains (every domain but
   the harmful one): ``L(w) = sum_i v_i (c_i + k_i exp(t_i . w))``, a sum of exponentials over the

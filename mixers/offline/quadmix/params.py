@@ -284,7 +284,7 @@ def sample_params(
     rng: np.random.Generator,
     ranges: ParamRanges | None = None,
 ) -> list[QuadMixParams]:
-    """``count`` parameter sets drawn by QuaDMix's Algorithm 1 (section 3.2 of the notes).
+    """``count`` parameter sets drawn by QuaDMix's Algorithm 1.
 
     Per set: global score weights ``a_n ~ U(0, 1)``, normalised to ``ã``; per domain
     ``b_{n,m} ~ U(0, 1)`` and ``α_{n,m} = ã_n b_{n,m} / Σ_i ã_i b_{i,m}``; per domain

@@ -31,10 +31,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mixers.base import Direction, DomainSpace, FloatArray, Observation
 from mixers.fitting import MIN_RUNS, Fit, fit_model, spearman_or_none
-from mixers.recommendation import recommend
+from mixers.recommendation import Recommendation, recommend
 from mixers.registry import offline_method, offline_methods
 from mixers.regressors import regressor_names
 from mixopt.errors import InvalidInput
@@ -237,16 +238,18 @@ def backtest(
             progress(done, total, what)
 
     sign = 1.0 if direction == "minimize" else -1.0
-    reference = fit_model(
-        X, y, run_ids, model=reference_model, names=space.names, seed=seed,
-        direction=direction, importance=False,
-    )  # fmt: skip
-    ref_rec = recommend(
-        space,
-        reference,
-        np.random.default_rng([seed, n]),
-        candidates=search_candidates,
-    )
+
+    def fit_and_recommend(rows: NDArray[np.intp], model: str) -> tuple[Fit, Recommendation]:
+        """A fit on the ``rows`` runs and its search, seeded by how many runs it saw."""
+        ids = [run_ids[i] for i in rows]
+        fit = fit_model(
+            X[rows], y[rows], ids, model=model, names=space.names, seed=seed,
+            direction=direction, importance=False,
+        )  # fmt: skip
+        rng = np.random.default_rng([seed, len(rows)])
+        return fit, recommend(space, fit, rng, candidates=search_candidates)
+
+    reference, ref_rec = fit_and_recommend(np.arange(n), reference_model)
     ref_value = float(reference.estimator.predict(ref_rec.weights[None])[0])
     tick(f"reference {reference_model} on {n} runs")
 
@@ -259,17 +262,7 @@ def backtest(
             cell: list[BacktestRow] = []
             for model in fitted_models:
                 row_started = time.perf_counter()
-                ids = [run_ids[i] for i in seen]
-                result: Fit = fit_model(
-                    X[seen], y[seen], ids, model=model, names=space.names, seed=seed,
-                    direction=direction, importance=False,
-                )  # fmt: skip
-                rec = recommend(
-                    space,
-                    result,
-                    np.random.default_rng([seed, size]),
-                    candidates=search_candidates,
-                )
+                result, rec = fit_and_recommend(seen, model)
                 judged = float(reference.estimator.predict(rec.weights[None])[0])
                 held = (  # a rank correlation of fewer than 3 runs says nothing
                     spearman_or_none(y[unseen], np.asarray(result.estimator.predict(X[unseen])))

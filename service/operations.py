@@ -135,7 +135,7 @@ class Operations:
         )
 
     def _run_summary(self, run_id: str) -> RunSummary:
-        """What a method may read of another run (DoReMi's reference run)."""
+        """What a method may read of another run (e.g. a reference run named in its config)."""
         run = self.store.get_run(run_id)
         losses = (self.store.last_feedback(run_id) or {}).get("eval_losses") or {}
         return RunSummary(status=run.status, eval_losses=dict(losses))

@@ -74,7 +74,9 @@ def admin(connect: Callable[..., MixoptClient], tokens: Tokens) -> MixoptClient:
 # --- the live server, every existing endpoint ---------------------------------------------------
 
 
-def test_operations_methods_experiments_and_pagination(admin: MixoptClient) -> None:
+def test_client_checks_health_lists_methods_and_pages_and_archives_experiments(
+    admin: MixoptClient,
+) -> None:
     assert admin.healthz() == {"status": "ok"}
     assert admin.readyz() == {"status": "ready"}
     methods = {m.name: m for m in admin.list_methods()}
@@ -106,7 +108,9 @@ def test_operations_methods_experiments_and_pagination(admin: MixoptClient) -> N
         admin.propose(created[0].id, 1)
 
 
-def test_run_queue_through_the_client(admin: MixoptClient) -> None:
+def test_client_drives_runs_from_proposal_through_claim_metrics_and_completion(
+    admin: MixoptClient,
+) -> None:
     experiment = admin.create_experiment(spec(config={"seed": 1, "max_attempts": 2}))
     eid = experiment.id
 
@@ -215,7 +219,7 @@ def test_import_run_is_idempotent_on_external_id(admin: MixoptClient) -> None:
     }
 
 
-def test_tokens_through_the_client(
+def test_client_creates_lists_and_revokes_tokens_that_then_stop_working(
     admin: MixoptClient, connect: Callable[..., MixoptClient]
 ) -> None:
     created = admin.create_token("trainer-1", "write", expires_in_days=30)
@@ -298,7 +302,9 @@ def test_errors_raise_the_class_of_their_status_with_the_problem(
     assert writer.claim(eid, "w1") is not None
 
 
-def test_fits_predictions_and_recommendations_through_the_client(admin: MixoptClient) -> None:
+def test_client_fits_imported_runs_then_predicts_and_recommends_from_the_fit(
+    admin: MixoptClient,
+) -> None:
     eid = admin.create_experiment(spec()).id
     with pytest.raises(ConflictError):
         admin.recommendation(eid)  # before any fit
@@ -351,7 +357,7 @@ class Recording(httpx.BaseTransport):
         self.inner.close()
 
 
-def test_online_runs_through_the_client(
+def test_client_starts_an_online_run_polls_weights_sends_feedback_and_resumes(
     server: ThreadedServer, admin: MixoptClient, tokens: Tokens
 ) -> None:
     online = spec("online-3", mode="online", method="stratified", objective=None)

@@ -105,7 +105,7 @@ def without_seconds(rec: Any) -> dict[str, Any]:
 # --- RegMix: the real proxy runs -----------------------------------------------------------------
 
 
-def test_regmix_cross_validation(regmix):
+def test_linear_cv_on_regmix_ranks_runs_at_spearman_about_0_9(regmix):
     """The linear model's 5-fold CV Spearman on Pile-CC loss is about 0.9 (RegMix: 0.90)."""
     result: Fit = regmix["result"]
     assert result.model == "linear"
@@ -126,7 +126,7 @@ def test_regmix_cross_validation(regmix):
     assert result.noise == Noise(0, None)  # no two runs share a mixture
 
 
-def test_regmix_held_out_ranking_and_interval_coverage(regmix):
+def test_linear_ranks_regmix_test_runs_and_intervals_cover_70_to_90_percent(regmix):
     """Fitted on the 512 train runs: ranks the 256 test mixtures, intervals cover ~80 %."""
     value, low, high = predict(regmix["result"], regmix["X_test"])
     y_test = regmix["y_test"]
@@ -136,7 +136,7 @@ def test_regmix_held_out_ranking_and_interval_coverage(regmix):
     assert 0.70 <= coverage <= 0.90
 
 
-def test_regmix_importance(regmix):
+def test_importance_on_regmix_sums_to_one_and_ranks_github_above_enron_emails(regmix):
     importance = regmix["result"].importance
     assert list(importance) == regmix["names"]
     assert sum(importance.values()) == pytest.approx(1.0)
@@ -145,7 +145,7 @@ def test_regmix_importance(regmix):
     assert importance["github"] > importance["enron_emails"]
 
 
-def test_regmix_recommendation(regmix):
+def test_recommendation_on_regmix_favours_pile_cc_within_the_trust_region(regmix):
     """RegMix's procedure on the real runs: Pile-CC dominates the recommended mixture."""
     X: FloatArray = regmix["X"]
     space = DomainSpace.from_swarm(regmix["names"], regmix["X"])

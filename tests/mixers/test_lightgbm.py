@@ -42,7 +42,7 @@ FloatArray = NDArray[np.float64]
         LightGBMMixtureRegressor(n_estimators=20, learning_rate=0.1, min_child_samples=5),
     ]
 )
-def test_sklearn_conformance(estimator, check):
+def test_passes_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
 
@@ -124,7 +124,7 @@ def held_out_spearman(model: Any, regmix: dict[str, Any]) -> float:
     return float(stats.spearmanr(regmix["y_test"], model.predict(regmix["X_test"])).statistic)
 
 
-def test_regmix_held_out_ranking(regmix):
+def test_ranks_regmix_held_out_runs_at_spearman_0_98_with_1000_trees(regmix):
     """The paper's 1M -> 1M number: 0.990 (linear 0.90). A 1000-round fit takes ~0.5 s
     (bench/mixers_speed.py)."""
     model = LightGBMMixtureRegressor(random_state=0).fit(regmix["X"], regmix["y"])
@@ -155,7 +155,7 @@ def test_regmix_auto_picks_a_flexible_model(regmix, regmix_auto):
     assert auto_rho >= max(singles) - 0.02
 
 
-def test_regmix_interval_coverage(regmix, regmix_auto):
+def test_lightgbm_intervals_cover_70_to_90_percent_of_regmix_held_out_runs(regmix, regmix_auto):
     """The nominal 80 % interval of the lightgbm fit covers 70-90 % of the held-out runs."""
     assert regmix_auto.model == "lightgbm"
     _, low, high = predict(regmix_auto, regmix["X_test"])
@@ -165,7 +165,7 @@ def test_regmix_interval_coverage(regmix, regmix_auto):
 
 
 @pytest.mark.slow
-def test_regmix_recommendation_with_lightgbm(regmix, regmix_auto):
+def test_lightgbm_recommendation_on_regmix_is_predicted_to_beat_the_baseline(regmix, regmix_auto):
     """100k candidates through a 1000-tree model: ~8 s (prediction dominates)."""
     X: FloatArray = regmix["X"]
     space = DomainSpace.from_swarm(regmix["names"], X)

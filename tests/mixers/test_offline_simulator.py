@@ -31,7 +31,7 @@ def test_the_optimum_is_a_mixture_no_random_mixture_beats(k: int) -> None:
 
 
 @pytest.mark.parametrize("k", KS)
-def test_the_structure_harmful_useful_and_own_domain_gains(k: int) -> None:
+def test_the_optimum_avoids_the_harmful_domain_and_favours_the_useful_one(k: int) -> None:
     sim = make_simulator(k, 1)
     w, value = sim.optimum
     assert w[HARMFUL] < 1e-6  # it hurts every target: never worth training on

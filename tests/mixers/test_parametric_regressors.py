@@ -53,7 +53,7 @@ def new_regressors() -> list[Any]:
         GaussianProcessMixtureRegressor(kernel="rbf", n_restarts=1, max_iter=10, max_opt_rows=40),
     ]
 )
-def test_sklearn_conformance(estimator, check):
+def test_passes_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
 
@@ -290,7 +290,7 @@ def held_out_spearman(model: Any, regmix: dict[str, Any]) -> float:
 @pytest.mark.parametrize(
     ("name", "floor"), [("mixing_law", 0.95), ("loglinear", 0.95), ("gp", 0.98)]
 )
-def test_regmix_held_out_ranking(regmix, name, floor):
+def test_ranks_regmix_held_out_runs_at_spearman_0_95_or_0_98_for_gp(regmix, name, floor):
     """Fitted on the 512 train runs, ranking the 256 test mixtures (Pile-CC loss).
 
     Measured: mixing_law 0.965, loglinear 0.966, gp 0.986 (linear 0.90, LightGBM 0.99).

@@ -67,7 +67,7 @@ def corpus(sizes: tuple[int, ...] = (3000, 2000, 2000), seed: int = 0) -> dict[s
 # --- parameters ----------------------------------------------------------------------------------
 
 
-def test_params_json_round_trip_and_shape() -> None:
+def test_params_round_trip_through_json_keyed_by_domain_and_score() -> None:
     p = sample_params(three_domains(), SCORES, 1, np.random.default_rng(0))[0]
     raw = p.to_params()
     assert list(raw) == list(PARAM_KEYS)
@@ -78,7 +78,7 @@ def test_params_json_round_trip_and_shape() -> None:
     np.testing.assert_array_equal(encode(back), encode(p))
 
 
-def test_encode_decode_round_trip_and_feature_order() -> None:
+def test_encoding_round_trips_and_orders_features_by_parameter_then_domain() -> None:
     p = make_params(
         merge=((0.2, 0.8), (1.0, 0.0), (0.5, 0.5)),
         threshold=(0.01, 0.05, 0.1),
@@ -159,7 +159,7 @@ def test_from_params_locates_every_fault_under_params() -> None:
     assert all(loc[0] == "params" for loc in errors)
 
 
-def test_from_params_missing_keys_domains_and_non_objects() -> None:
+def test_from_params_names_missing_keys_and_domains_non_objects_and_non_finite() -> None:
     errors = _errors({"merge": {"web": {"s1": 1.0, "s2": 0.0}}, "threshold": 0.1})
     locs = [loc for loc, _ in errors]
     assert ("params", "threshold") in locs  # not an object
@@ -195,7 +195,7 @@ def test_sample_params_follows_algorithm_1() -> None:
 # --- the sampling function -----------------------------------------------------------------------
 
 
-def test_sampling_values_eq3() -> None:
+def test_sampling_values_decrease_within_the_threshold_and_are_zero_past_it() -> None:
     r = np.linspace(0, 0.2, 201)
     s = sampling_values(r, 0.1, 50.0, 0.7)
     inside = r <= 0.1
@@ -244,7 +244,7 @@ def test_threshold_selects_that_share_of_each_domain() -> None:
             assert share <= omega + t[sel].max() / t[sel].sum()
 
 
-def test_expected_domain_shares() -> None:
+def test_domain_shares_follow_the_weights_or_emerge_from_the_sampling_values() -> None:
     c = corpus(seed=2)
     p = make_params(threshold=(0.1, 0.02, 0.05))
     weights = {"web": 0.2, "code": 0.5, "books": 0.3}
@@ -352,7 +352,7 @@ def test_sample_documents_draws_the_expected_copies() -> None:
 # --- joint features and search -------------------------------------------------------------------
 
 
-def test_joint_features_from_objects_or_json() -> None:
+def test_joint_features_are_weights_then_encoded_params_from_objects_or_json() -> None:
     space = three_domains()
     params = sample_params(space, SCORES, 4, np.random.default_rng(0))
     weights = dirichlet_design(space, 4, np.random.default_rng(1))
@@ -481,7 +481,9 @@ def test_a_space_too_narrow_for_distinct_weights_still_gets_count_runs() -> None
         ({**CONFIG, "floor": 0.001}, ("config", "floor")),
     ],
 )
-def test_config_validation(config: dict[str, Any], loc: tuple[str, ...]) -> None:
+def test_bad_configs_are_refused_at_the_offending_field(
+    config: dict[str, Any], loc: tuple[str, ...]
+) -> None:
     with pytest.raises(InvalidInput) as exc:
         QuadMixMixer.parse_config(config)
     assert [e.loc for e in exc.value.errors] == [loc]

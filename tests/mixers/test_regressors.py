@@ -24,7 +24,7 @@ from mixers.regressors import (
 # the two that pytest may report as skipped skip themselves when pandas or SCIPY_ARRAY_API are
 # not installed.
 @parametrize_with_checks([LinearMixtureRegressor(), LinearMixtureRegressor(fit_intercept=False)])
-def test_sklearn_conformance(estimator, check):
+def test_passes_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
 

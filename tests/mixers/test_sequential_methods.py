@@ -106,7 +106,9 @@ def test_fitted_proposals_are_valid_new_and_reproducible(cls: type[OfflineMixer[
 
 @pytest.mark.parametrize("cls", METHODS, ids=ids)
 @pytest.mark.parametrize("count", [1, 3])
-def test_small_counts_after_the_design(cls: type[OfflineMixer[Any]], count: int) -> None:
+def test_proposes_valid_small_batches_after_the_design(
+    cls: type[OfflineMixer[Any]], count: int
+) -> None:
     space = generic_space()
     history = quadratic_history(space, 70, 1)
     proposals = mixer(cls).propose(space, history, count, np.random.default_rng(0))
@@ -203,7 +205,7 @@ def test_rounds_neighbourhood_shrinks_round_by_round() -> None:
     assert spreads[0] > spreads[1] > spreads[2], spreads
 
 
-def test_rounds_config_defaults_and_validation() -> None:
+def test_rounds_config_defaults_to_gp_rounds_and_locates_each_bad_field() -> None:
     config = RoundsMixer.parse_config({})
     assert isinstance(config, RoundsConfig)
     assert config.rounds == [64, 32, 32] and config.model == "gp"
@@ -223,7 +225,7 @@ def test_rounds_config_defaults_and_validation() -> None:
 
 
 @pytest.mark.parametrize("model", ["linear", "auto"])
-def test_rounds_with_other_models(model: str) -> None:
+def test_rounds_proposes_valid_mixtures_with_linear_or_auto_models(model: str) -> None:
     space = generic_space()
     history = quadratic_history(space, 70, 3)
     proposals = mixer(RoundsMixer, model=model).propose(space, history, 8, np.random.default_rng(0))
@@ -233,7 +235,7 @@ def test_rounds_with_other_models(model: str) -> None:
 # --- bayes --------------------------------------------------------------------------------------
 
 
-def test_expected_improvement() -> None:
+def test_expected_improvement_matches_the_closed_form_for_minimisation() -> None:
     mean = np.array([1.0, 1.0, 2.0, 0.5])
     std = np.array([0.0, 1.0, 1.0, 0.0])
     ei = expected_improvement(mean, std, best=1.0, xi=0.0)
@@ -255,7 +257,7 @@ def test_local_penalisation_spreads_the_batch() -> None:
     assert sorted(np.round(grid[picked], 1)) == [0.2, 0.8]
 
 
-def test_bayes_config_defaults_and_validation() -> None:
+def test_bayes_config_defaults_to_gp_and_32_initial_runs_and_locates_bad_fields() -> None:
     config = BayesMixer.parse_config({})
     assert isinstance(config, BayesConfig)
     assert config.model == "gp" and config.initial_runs == 32
@@ -271,7 +273,7 @@ def test_bayes_config_defaults_and_validation() -> None:
         assert [e.loc[:2] for e in exc.value.errors] == [("config", next(iter(bad)))], bad
 
 
-def test_bayes_design_until_initial_runs() -> None:
+def test_bayes_proposes_the_regmix_design_until_initial_runs() -> None:
     space = generic_space()
     history = quadratic_history(space, 40, 0)
     ours = mixer(BayesMixer, initial_runs=64).propose(space, history, 8, np.random.default_rng(1))

@@ -706,7 +706,7 @@ def check_archived_experiment_refuses_new_runs(
     problem(client.post(f"{API}/experiments/{eid}/proposals", json={"count": 0}), 422)
 
 
-def test_proposal_count_and_archived_experiments(
+def test_proposal_count_must_be_1_to_1000_and_archived_experiments_refuse_new_runs(
     client: TestClient, experiment: dict[str, Any]
 ) -> None:
     check_proposal_count_1_to_1000(client, experiment)
@@ -839,7 +839,9 @@ def check_import_status_defaults(client: TestClient, experiment: dict[str, Any])
     assert edge["weights"]["papers"] == 1.0
 
 
-def test_imports(client: TestClient, experiment: dict[str, Any]) -> None:
+def test_imports_are_idempotent_on_external_id_and_pending_until_given_metrics(
+    client: TestClient, experiment: dict[str, Any]
+) -> None:
     check_import_idempotent_on_external_id(client, experiment)
     check_import_status_defaults(client, experiment)
 
@@ -893,7 +895,9 @@ def check_lease_holder_rules(client: TestClient, experiment: dict[str, Any]) -> 
     assert released["attempt"] == 1
 
 
-def test_completion_and_leases(client: TestClient, experiment: dict[str, Any]) -> None:
+def test_completion_is_idempotent_and_only_the_lease_holder_may_act_on_a_run(
+    client: TestClient, experiment: dict[str, Any]
+) -> None:
     check_complete_idempotent(client, experiment)
     check_lease_holder_rules(client, experiment)
 
@@ -1158,6 +1162,8 @@ def check_unknown_routes_and_methods_are_problems(client: TestClient) -> None:
     problem(client.delete(f"{API}/experiments"), 405)
 
 
-def test_operations_endpoints(app: FastAPI, client: TestClient) -> None:
+def test_operational_endpoints_need_no_token_and_unknown_routes_are_problems(
+    app: FastAPI, client: TestClient
+) -> None:
     check_health_and_readiness_need_no_token(app)
     check_unknown_routes_and_methods_are_problems(client)

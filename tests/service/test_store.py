@@ -332,7 +332,7 @@ def test_complete_by_holder_of_expired_unclaimed_lease_is_accepted(
     assert store.complete(run_id, {"loss": 1.0}, "slow").status == "completed"
 
 
-def test_exclude_and_include_again(store: SqlStore) -> None:
+def test_an_excluded_run_is_counted_and_listed_until_included_again(store: SqlStore) -> None:
     experiment = store.create_experiment(new_experiment())
     (run_id,) = pending_runs(store, experiment.id, 1)
     assert store.exclude(run_id, True, "broken node").excluded

@@ -104,7 +104,7 @@ def feedback_lists(draw: st.DrawFn, names: tuple[str, ...], max_size: int = 24) 
 @pytest.mark.parametrize(("cls", "config", "space_name"), CASES)
 @PROPERTY
 @given(data=st.data(), seed=st.integers(min_value=0, max_value=2**63 - 1))
-def test_online_mixer_properties(
+def test_online_mixers_are_deterministic_json_pure_and_resume_to_the_same_state(
     cls: type[OnlineMixer[Any]],
     config: dict[str, Any],
     space_name: str,
@@ -146,6 +146,6 @@ def test_every_online_method_passes_the_conformance_check(
     check_online_mixer(cls, config, SPACES[space_name]())
 
 
-def test_every_online_method_is_covered() -> None:
+def test_the_five_builtin_online_methods_are_registered() -> None:
     names = {cls.name for cls in methods() if cls.mode == "online"}
     assert {"stratified", "fixed", "odm", "doremi", "aioli"} <= names

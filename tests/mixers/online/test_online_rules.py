@@ -19,7 +19,7 @@ def space(k: int = 3) -> DomainSpace:
     return DomainSpace.from_domains([{"name": f"d{i}"} for i in range(k)])
 
 
-def test_exploration_rate_schedule() -> None:
+def test_exploration_rate_is_at_most_1_over_k_and_decays_as_sqrt_ln_k_over_k_t() -> None:
     assert exploration_rate(5, 0) == pytest.approx(0.2)
     assert exploration_rate(5, 1) == pytest.approx(0.2)  # sqrt(ln5/5) > 1/5: capped
     assert exploration_rate(5, 100) == pytest.approx(math.sqrt(math.log(5) / 500))
@@ -34,7 +34,7 @@ def test_odm_policy_is_uniform_at_first_and_favours_high_reward() -> None:
     assert np.all(np.diff(policy) > 0) and policy.min() >= eps
 
 
-def test_odm_warmup_then_importance_weighted_rewards() -> None:
+def test_odm_learns_nothing_in_warmup_then_rewards_losses_over_their_probability() -> None:
     sp = space()
     mixer = OdmMixer.from_config({"warmup_steps": 100, "smoothing": 0.9})
     state = mixer.init_state(sp, 0)
@@ -55,7 +55,7 @@ def test_clean_losses_drops_garbage() -> None:
     assert clean_losses(sp, raw) == {"d1": 0.0, "d2": 1e6}
 
 
-def test_doremi_rule() -> None:
+def test_doremi_clips_excess_losses_at_zero_and_smooths_its_softmax_update() -> None:
     assert excess_losses({"a": 3.0, "b": 1.0}, {"a": 2.0, "b": 2.0}, {"c": 0.5}) == {
         "a": 1.0,
         "b": 0.0,
@@ -67,7 +67,7 @@ def test_doremi_rule() -> None:
     assert floored[1] == pytest.approx(5e-4)
 
 
-def test_doremi_config_and_space_checks() -> None:
+def test_doremi_needs_reference_losses_fitting_the_space_or_a_reference_run() -> None:
     with pytest.raises(InvalidInput):  # a config without a reference parses, but fits no space
         DoremiMixer.from_config({}).check_space(space())
     with pytest.raises(InvalidInput):
@@ -99,7 +99,7 @@ def test_aioli_recovers_a_known_interaction_matrix() -> None:
     assert a == pytest.approx(truth / truth.sum())
 
 
-def test_aioli_schedule() -> None:
+def test_aioli_sweeps_every_domain_lp_rounds_times_then_exploits_then_repeats() -> None:
     sp = space(3)
     mixer = AioliMixer.from_config({"lp_rounds": 2, "lp_steps": 5})
     state = mixer.init_state(sp, 7)
@@ -118,6 +118,6 @@ def test_aioli_schedule() -> None:
     assert np.isclose(sum(state["p"].values()), 1.0)
 
 
-def test_registered_online() -> None:
+def test_odm_doremi_and_aioli_are_registered_as_online_methods() -> None:
     for name in ("odm", "doremi", "aioli"):
         assert get_method("online", name).mode == "online"

@@ -139,7 +139,8 @@ class Fit:
 
 @dataclass(frozen=True)
 class Usable:
-    """The runs a fit learns from: completed, not excluded, with a finite objective."""
+    """The runs a fit learns from: completed, not excluded, with a finite objective and finite
+    weights."""
 
     observations: tuple[Observation, ...]
     X: FloatArray
@@ -147,8 +148,9 @@ class Usable:
     run_ids: tuple[str, ...]
 
 
-def usable_runs(history: Sequence[Observation]) -> Usable:
-    """The usable runs of ``history``, oldest first; ``Conflict`` when there are too few."""
+def usable_runs(history: Sequence[Observation], k: int, *, minimum: int = MIN_RUNS) -> Usable:
+    """The usable runs of ``history`` (mixtures of ``k`` domains), oldest first; ``Conflict``
+    when there are fewer than ``minimum``."""
     kept = tuple(
         obs
         for obs in history
@@ -156,15 +158,16 @@ def usable_runs(history: Sequence[Observation]) -> Usable:
         and not obs.excluded
         and obs.objective is not None
         and math.isfinite(obs.objective)
+        and np.all(np.isfinite(obs.weights))
     )
-    if len(kept) < MIN_RUNS:
+    if len(kept) < minimum:
         raise Conflict(
-            f"fewer than {MIN_RUNS} usable runs (completed, not excluded, with "
+            f"fewer than {minimum} usable runs (completed, not excluded, with "
             f"every objective metric): {len(kept)}"
         )
     return Usable(
         observations=kept,
-        X=np.array([np.asarray(obs.weights, dtype=float) for obs in kept]),
+        X=np.array([np.asarray(obs.weights, dtype=float) for obs in kept]).reshape(-1, k),
         y=np.array([obs.objective for obs in kept], dtype=float),
         run_ids=tuple(obs.run_id or str(i) for i, obs in enumerate(kept)),
     )

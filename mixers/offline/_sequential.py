@@ -1,4 +1,4 @@
-# ruff: noqa: N803, N806 - X is the conventional name of a design matrix (scikit-learn)
+# ruff: noqa: N803 - X is the conventional name of a design matrix (scikit-learn)
 """What the offline methods that learn from their history share (``rounds``, ``bayes``).
 
 They propose RegMix's design until enough runs have finished, then fit a surrogate on the
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -25,10 +24,10 @@ from mixers.base import (
     Observation,
     Proposal,
 )
-from mixers.fitting import MIN_RUNS, fit_model
+from mixers.fitting import MIN_RUNS, REPLICATE_DECIMALS, check_model, fit_model, usable_runs
 from mixers.offline.base import OfflineMixer
 from mixers.offline.regmix import RegMixConfig, dirichlet_design
-from mixers.regressors import make_regressor, regressor_names
+from mixers.regressors import make_regressor
 from mixers.search import Scorer
 from mixopt.errors import Conflict, InvalidInput
 
@@ -47,7 +46,6 @@ __all__ = [
     "history_weights",
     "predict_with_std",
     "predictor",
-    "usable_runs",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,10 +86,11 @@ class SequentialMixer(OfflineMixer[DirectedT]):
 
 
 def check_model_name(value: str) -> str:
-    """``auto`` or a registered regressor (the API's ``model`` names)."""
-    known = regressor_names()
-    if value != "auto" and value not in known:
-        raise ValueError(f"unknown model {value!r}; known: {', '.join(['auto', *known])}")
+    """``auto`` or a registered regressor (``fitting.check_model``), as a config validator."""
+    try:
+        check_model(value)
+    except InvalidInput as exc:
+        raise ValueError(exc.detail) from None
     return value
 
 
@@ -100,25 +99,9 @@ def history_weights(history: Sequence[Observation], k: int) -> FloatArray:
     return np.array([np.asarray(obs.weights, dtype=float) for obs in history]).reshape(-1, k)
 
 
-def usable_runs(history: Sequence[Observation], k: int) -> tuple[FloatArray, FloatArray]:
-    """``(X, y)`` of the completed, non-excluded runs with a finite objective."""
-    rows = [
-        (np.asarray(obs.weights, dtype=float), float(obs.objective))
-        for obs in history
-        if obs.status == "completed"
-        and not obs.excluded
-        and obs.objective is not None
-        and math.isfinite(obs.objective)
-        and np.all(np.isfinite(obs.weights))
-    ]
-    X = np.array([w for w, _ in rows]).reshape(-1, k)
-    y = np.array([v for _, v in rows], dtype=float)
-    return X, y
-
-
 def can_fit(X: FloatArray) -> bool:
-    """Enough runs (``MIN_RUNS``) on at least two distinct mixtures."""
-    return len(X) >= MIN_RUNS and len(np.unique(np.round(X, 9), axis=0)) >= 2
+    """Enough runs (``MIN_RUNS``) on at least two distinct mixtures: what ``fit_model`` needs."""
+    return len(X) >= MIN_RUNS and len(np.unique(np.round(X, REPLICATE_DECIMALS), axis=0)) >= 2
 
 
 def fit_surrogate(
@@ -196,11 +179,11 @@ def fitted_or_designed(
     """What a method that fits its history proposes: ``optimise``'s rows once it is ``ready``
     and the runs can be fitted; RegMix's design before that, or when the fit fails (logged)."""
     existing = history_weights(history, space.k)
-    X, y = usable_runs(history, space.k)
+    usable = usable_runs(history, space.k, minimum=0)
     rows: FloatArray | None = None
-    if ready and can_fit(X):
+    if ready and can_fit(usable.X):
         try:
-            rows = optimise(X, y, existing)
+            rows = optimise(usable.X, usable.y, existing)
         except FIT_ERRORS as exc:
             log.warning("%s: fitting failed, falling back to the design: %s", method, exc)
     if rows is None:

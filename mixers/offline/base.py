@@ -76,7 +76,7 @@ class OfflineMixer(Mixer[ConfigT]):
         ``Conflict`` with too few usable runs; ``InvalidInput`` at ``("model",)`` for an
         unknown model.
         """
-        usable = usable_runs(history)
+        usable = usable_runs(history, space.k)
         try:
             features = self.features(space, usable.X, [obs.params for obs in usable.observations])
         except InvalidInput as exc:
@@ -115,7 +115,7 @@ class OfflineMixer(Mixer[ConfigT]):
         direction: Direction,
     ) -> Backtest:
         """Replay the usable runs by design, size and model (``mixers.backtest``)."""
-        usable = usable_runs(history)
+        usable = usable_runs(history, space.k)
         return backtest(
             space,
             usable.X,

@@ -1,4 +1,3 @@
-# ruff: noqa: N806 - X is the conventional name of a design matrix (scikit-learn)
 """The sequential offline methods ``rounds`` (CLIMB-style) and ``bayes`` (batch BO with a GP).
 
 The Must-show (``test_sequential_methods_close_90_percent_of_the_gap``): on the Data-Mixing-Law
@@ -32,7 +31,7 @@ from scipy.spatial.distance import cdist
 
 from mixers import offline_method
 from mixers.base import DomainSpace, Observation
-from mixers.offline._sequential import usable_runs
+from mixers.fitting import usable_runs
 from mixers.offline.base import OfflineMixer
 from mixers.offline.bayes import (
     BayesConfig,
@@ -132,7 +131,7 @@ def test_falls_back_to_the_design_with_fewer_than_8_finished_runs(
     history = quadratic_history(space, 70, 2, failed=61)
     history[-3] = Observation(weights=history[-3].weights, objective=1.0, excluded=True)
     history[-2] = Observation(weights=history[-2].weights, objective=float("nan"))
-    assert len(usable_runs(history, space.k)[1]) == 7
+    assert len(usable_runs(history, space.k, minimum=0).y) == 7
     ours = mixer(cls).propose(space, history, 8, np.random.default_rng(4))
     theirs = mixer(RegMixMixer).propose(space, history, 8, np.random.default_rng(4))
     np.testing.assert_array_equal(weights(ours), weights(theirs))
@@ -148,9 +147,9 @@ def test_usable_runs_are_completed_not_excluded_and_finite() -> None:
         Observation(weights=w, objective=3.0, status="running"),
         Observation(weights=w, objective=4.0),
     ]
-    X, y = usable_runs(history, 2)
-    assert X.shape == (2, 2)
-    np.testing.assert_array_equal(y, [1.0, 4.0])
+    usable = usable_runs(history, 2, minimum=0)
+    assert usable.X.shape == (2, 2)
+    np.testing.assert_array_equal(usable.y, [1.0, 4.0])
 
 
 @pytest.mark.parametrize("cls", METHODS, ids=ids)

@@ -65,8 +65,19 @@ def dump_fit(fit: Fit) -> bytes:
     return zlib.compress(json.dumps(document, allow_nan=True).encode())
 
 
-def load_fit(data: bytes) -> Fit:
-    """The fit ``dump_fit`` stored; ``UnreadableFit`` for anything else."""
+def load_fit(data: bytes, stored_format: str | None = FIT_FORMAT) -> Fit:
+    """The fit ``dump_fit`` stored, as recorded beside it under ``stored_format``;
+    ``UnreadableFit`` for anything else. A pickle (``"pickle"``, or no format: what earlier
+    versions wrote) is refused unread: loading it would run whatever code the bytes name."""
+    if stored_format in (None, "pickle"):
+        raise UnreadableFit(
+            "it was stored by an earlier mixopt as a pickle, which this version never loads "
+            "(unpickling runs whatever code the bytes name): fit again"
+        )
+    if stored_format != FIT_FORMAT:
+        raise UnreadableFit(
+            f"it is stored as {stored_format!r}; this version reads {FIT_FORMAT}: fit again"
+        )
     try:
         document = json.loads(zlib.decompress(data))
     except (zlib.error, UnicodeDecodeError, ValueError) as exc:

@@ -328,18 +328,10 @@ class Operations:
             )
         cached = self._fits.get(record.id)
         if cached is None:
-            if stored.format in (None, "pickle"):
-                raise UnreadableFit(
-                    f"fit {record.id} was stored by an earlier mixopt as a pickle, which this "
-                    "version never loads (unpickling runs whatever code the bytes name): "
-                    "POST .../fit again"
-                )
-            if stored.format != FIT_FORMAT:
-                raise UnreadableFit(
-                    f"fit {record.id} is stored as {stored.format!r}; this version reads "
-                    f"{FIT_FORMAT}: POST .../fit again"
-                )
-            cached = load_fit(stored.data)
+            try:
+                cached = load_fit(stored.data, stored.format)
+            except UnreadableFit as exc:
+                raise UnreadableFit(f"fit {record.id}: {exc.detail} (POST .../fit)") from None
             self._fits = {record.id: cached}  # the latest fit per process is what is asked
         return cached
 

@@ -19,7 +19,7 @@ from sklearn.dummy import DummyRegressor
 
 from mixers.base import DomainSpace
 from mixers.fitting import Candidate, Fit, Noise, _fold_of, _replicate_groups, fit_model, predict
-from mixers.persistence import dump_fit, load_fit
+from mixers.persistence import FIT_FORMAT, UnreadableFit, dump_fit, load_fit
 from mixers.recommendation import DISTINCT_L1, recommend
 from mixers.regressors import REGRESSORS, regressor_names
 from mixopt.errors import Conflict, InvalidInput
@@ -290,6 +290,15 @@ def test_stored_fit_loads_and_predicts_the_same(regmix):
     ):
         np.testing.assert_array_equal(a, b)
     assert fit_report(again) == fit_report(result)
+
+
+def test_a_stored_fit_in_another_format_is_refused_unread(regmix):
+    data = dump_fit(regmix["result"])
+    for stored_format, says in ((None, "pickle"), ("pickle", "pickle"), ("other.v9", "other.v9")):
+        with pytest.raises(UnreadableFit, match=says):
+            load_fit(data, stored_format)
+    with pytest.raises(UnreadableFit, match="not a"):
+        load_fit(b"\x80\x04not zlib", FIT_FORMAT)
 
 
 def test_predict_checks_width(synthetic):

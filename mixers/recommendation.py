@@ -38,7 +38,6 @@ DISTINCT_L1 = 0.05
 """Alternatives differ from each other and from the recommendation by more than this (L1)."""
 MAX_ALTERNATIVES = 5
 
-_CHUNK = 8192
 _POOL = 2048  # best candidates kept for the alternatives
 _GLOBAL_SHARE = 0.5  # of the candidates, drawn swarm-like before refining around the best
 _REFINE_CONCENTRATIONS = (100.0, 400.0, 1600.0)
@@ -208,7 +207,6 @@ def recommend(
         ),
         centres=_REFINE_CENTRES,
         min_l1=_REFINE_DISTINCT_L1,
-        chunk=_CHUNK,
         max_seconds=max_seconds,
     )
     pool_w, pool_s = search.pool.rows, search.pool.scores

@@ -19,12 +19,15 @@ import numpy as np
 
 from mixers.base import FloatArray
 
-__all__ = ["Around", "Draw", "Round", "Scorer", "Search", "TopK", "global_then_refine"]
+__all__ = ["CHUNK", "Around", "Draw", "Round", "Scorer", "Search", "TopK", "global_then_refine"]
 
 Scorer = Callable[[FloatArray], FloatArray]
 """Rows -> one score per row, smaller is better."""
 Draw = Callable[[int], FloatArray]
 """``count -> rows`` drawn over the whole space (it may return fewer)."""
+CHUNK = 8192
+"""Rows drawn and scored at once in the global stage: bounded memory, and a time budget is
+checked after the first."""
 Around = Callable[[FloatArray, float, int], FloatArray]
 """``(centres, concentration, count) -> rows`` drawn around the centres (rows, used in turn)."""
 
@@ -98,7 +101,7 @@ def global_then_refine(
     centres: int = 16,
     min_l1: float | None = None,
     seeds: FloatArray | None = None,
-    chunk: int = 8192,
+    chunk: int = CHUNK,
     max_seconds: float | None = None,
 ) -> Search:
     """Score ``candidates`` rows: ``global_share`` of them from ``draw`` (in chunks), then the

@@ -90,9 +90,6 @@ class JointRecommendation:
         }
 
 
-_CHUNK = 8192
-
-
 def recommend_joint(
     space: DomainSpace,
     estimator_predict: Callable[[FloatArray], ArrayLike],
@@ -141,7 +138,6 @@ def recommend_joint(
         candidates=candidates,
         keep=top_k,
         width=space.k * (len(scores) + 4),
-        chunk=_CHUNK,
     )
     pool_x = search.pool.rows
     best = pool_x.mean(axis=0)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from mixers.base import SUM_TOLERANCE, DomainSpace, Observation, Proposal
+from mixers.fitting import REPLICATE_DECIMALS
 from mixers.offline.base import OfflineMixer
 from mixers.online.base import Feedback, OnlineMixer, State
 from mixopt.errors import Conflict, InvalidInput
@@ -121,7 +122,7 @@ def check_offline_mixer(
         )
         for i, p in enumerate(swarm)
     ]
-    distinct = len(np.unique(np.round([p.weights for p in swarm], 9), axis=0))
+    distinct = len(np.unique(np.round([p.weights for p in swarm], REPLICATE_DECIMALS), axis=0))
     try:
         fit = mixer.fit(space, finished, "linear", direction="minimize")
     except Conflict:

@@ -126,14 +126,23 @@ class ProxyConfig(_FromDict):
 
 
 PRESETS: dict[str, ProxyConfig] = {
-    # Sizes picked from bench/proxy.py on a 2-core machine (see its output in the README).
+    # Sized by `python -m bench.proxy` (one thread of a 2-core machine; tokens/s per size there):
+    # tiny 0.12M params at ~50k tokens/s: 300 steps x 1024 tokens in ~6 s (`mixopt demo --quick`).
     "tiny": ProxyConfig(
         ModelConfig(block_size=64, n_layer=2, n_head=2, n_embd=64),
-        TrainConfig(steps=200, batch_size=16, eval_every=100),
+        TrainConfig(steps=300, batch_size=16, eval_every=100),
     ),
+    # small 0.48M params at ~16k tokens/s: 350 steps x 2048 tokens in ~45 s (the full demo).
     "small": ProxyConfig(
-        ModelConfig(block_size=128, n_layer=4, n_head=4, n_embd=128),
-        TrainConfig(steps=600, batch_size=16, eval_every=200),
+        ModelConfig(block_size=128, n_layer=4, n_head=4, n_embd=96),
+        TrainConfig(steps=350, batch_size=16, eval_every=100),
+    ),
+    # large 1.55M params (~3x small) at ~7k tokens/s on one thread, faster on both cores:
+    # 500 steps x 2048 tokens in ~1.5-2.5 min; the demo's "larger model" trained on the
+    # recommended, prior and uniform mixtures.
+    "large": ProxyConfig(
+        ModelConfig(block_size=128, n_layer=6, n_head=4, n_embd=144),
+        TrainConfig(steps=500, batch_size=16, learning_rate=2e-3, eval_every=125),
     ),
 }
 

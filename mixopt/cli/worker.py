@@ -1,58 +1,191 @@
-"""``mixopt worker``: train pending runs with a command (``mixopt.worker``)."""
+"""``mixopt worker``: train pending runs with a command or the built-in proxy trainer
+(``mixopt.worker``). The option types are shared with ``mixopt launch``."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mixopt.cli._common import Token, Url, _api, _fail
 from mixopt.schemas import DEFAULT_URL
 
+if TYPE_CHECKING:
+    from mixopt.client import MixoptClient
+    from mixopt.worker import Worker, WorkerOptions
+
+Command = Annotated[
+    str | None,
+    typer.Option(
+        "--command",
+        "-c",
+        help="training command for one run; it reads MIXOPT_WEIGHTS / MIXOPT_RUN_FILE and "
+        "writes its final metrics as JSON to MIXOPT_METRICS_FILE",
+        show_default=False,
+    ),
+]
+CorpusDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--corpus",
+        help="train each run in-process with the built-in proxy trainer on this corpus "
+        "directory (needs torch: the trainer extra)",
+        show_default=False,
+    ),
+]
+Preset = Annotated[
+    str | None, typer.Option(help="proxy model preset: tiny, small, ... [default: tiny]")
+]
+ProxyConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--proxy-config",
+        help="JSON {model: {...}, train: {...}} merged over the preset",
+        show_default=False,
+    ),
+]
+Steps = Annotated[int | None, typer.Option(min=1, help="training steps per run")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N or auto")]
+Threads = Annotated[int | None, typer.Option(min=1, help="torch threads per worker")]
+CheckpointDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="save a stopped run's checkpoint here; the next claimer resumes it",
+        show_default=False,
+    ),
+]
+LeaseSeconds = Annotated[int, typer.Option(min=10, max=86400)]
+PollSeconds = Annotated[float, typer.Option(min=0.1, help="wait when nothing is pending")]
+MaxRuns = Annotated[int | None, typer.Option(min=1, help="stop after this many runs")]
+
+
+def worker_options(
+    *,
+    command: str | None,
+    corpus: Path | None,
+    preset: str | None,
+    proxy_config: Path | None,
+    steps: int | None,
+    device: str | None,
+    threads: int | None,
+    checkpoint_dir: Path | None,
+    name: str | None = None,
+    lease_seconds: int = 600,
+    heartbeat_seconds: float | None = None,
+    poll_seconds: float = 30,
+    max_runs: int | None = None,
+    exit_when_idle: bool = False,
+    exit_when_done: bool = False,
+) -> WorkerOptions:
+    """The flags as ``WorkerOptions``, or exit with what is inconsistent."""
+    from mixopt.worker import WorkerOptions
+
+    options = WorkerOptions(
+        command=command,
+        corpus=corpus,
+        preset=preset,
+        proxy_config=proxy_config,
+        steps=steps,
+        device=device,
+        threads=threads,
+        checkpoint_dir=checkpoint_dir,
+        name=name,
+        lease_seconds=lease_seconds,
+        heartbeat_seconds=heartbeat_seconds,
+        poll_seconds=poll_seconds,
+        max_runs=max_runs,
+        exit_when_idle=exit_when_idle,
+        exit_when_done=exit_when_done,
+    )
+    try:
+        options.check()
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    return options
+
 
 def worker(
     experiment_id: Annotated[str, typer.Argument(help="the offline experiment to work for")],
-    command: Annotated[
-        str,
-        typer.Option(
-            "--command",
-            "-c",
-            help="training command for one run; it reads MIXOPT_WEIGHTS / MIXOPT_RUN_FILE and "
-            "writes its final metrics as JSON to MIXOPT_METRICS_FILE",
-        ),
-    ],
+    command: Command = None,
+    corpus: CorpusDir = None,
+    preset: Preset = None,
+    proxy_config: ProxyConfigFile = None,
+    steps: Steps = None,
+    device: Device = None,
+    threads: Threads = None,
+    checkpoint_dir: CheckpointDir = None,
     name: Annotated[
         str | None, typer.Option(help="worker name [default: HOST/PID]", show_default=False)
     ] = None,
-    lease_seconds: Annotated[int, typer.Option(min=10, max=86400)] = 600,
-    poll_seconds: Annotated[float, typer.Option(min=0.1, help="wait when nothing is pending")] = 30,
-    max_runs: Annotated[int | None, typer.Option(min=1, help="stop after this many runs")] = None,
+    lease_seconds: LeaseSeconds = 600,
+    heartbeat_seconds: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="[default: a third of the lease]", show_default=False),
+    ] = None,
+    poll_seconds: PollSeconds = 30,
+    max_runs: MaxRuns = None,
     exit_when_idle: Annotated[
         bool, typer.Option("--exit-when-idle", help="stop when no run is pending")
     ] = False,
+    exit_when_done: Annotated[
+        bool,
+        typer.Option(
+            "--exit-when-done",
+            help="stop when no run is pending or running (others' runs may still come back)",
+        ),
+    ] = False,
+    stats_file: Annotated[
+        Path | None, typer.Option(hidden=True, help="write the final counts here as JSON")
+    ] = None,
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """Claim pending runs and train each with COMMAND: complete, fail (retried) or release."""
+    """Claim pending runs and train each with --command, or in-process on --corpus (exactly
+    one): complete, fail (retried) or release (SIGTERM, SIGINT)."""
     import logging
-
-    from mixopt.worker import Worker, default_name
+    from dataclasses import asdict
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if not command.strip():
-        raise _fail("--command is empty: give the command that trains one run")
+    options = worker_options(
+        command=command,
+        corpus=corpus,
+        preset=preset,
+        proxy_config=proxy_config,
+        steps=steps,
+        device=device,
+        threads=threads,
+        checkpoint_dir=checkpoint_dir,
+        name=name,
+        lease_seconds=lease_seconds,
+        heartbeat_seconds=heartbeat_seconds,
+        poll_seconds=poll_seconds,
+        max_runs=max_runs,
+        exit_when_idle=exit_when_idle,
+        exit_when_done=exit_when_done,
+    )
     with _api(url, token) as client:
-        runner = Worker(
-            client,
-            experiment_id,
-            command,
-            name=name or default_name(),
-            lease_seconds=lease_seconds,
-            poll_seconds=poll_seconds,
-        )
+        runner = build_or_exit(client, experiment_id, options)
         runner.install_signal_handlers()
-        stats = runner.run(max_runs=max_runs, exit_when_idle=exit_when_idle)
+        stats = runner.run(
+            max_runs=max_runs, exit_when_idle=exit_when_idle, exit_when_done=exit_when_done
+        )
+    if stats_file is not None:
+        stats_file.write_text(json.dumps(asdict(stats)))
     typer.echo(
         f"worker done: {stats.completed} completed, {stats.failed} failed, "
         f"{stats.released} released"
     )
+
+
+def build_or_exit(client: MixoptClient, experiment_id: str, options: WorkerOptions) -> Worker:
+    """``build_worker``, its errors (a missing corpus, a bad proxy config, no torch) as a
+    message and exit status 2 rather than a traceback."""
+    from mixopt.worker import build_worker
+    from proxy_trainer.corpus.format import CorpusError  # numpy only, no torch
+
+    try:
+        return build_worker(client, experiment_id, options)
+    except (ValueError, RuntimeError, CorpusError) as exc:
+        raise _fail(str(exc)) from None

@@ -1,5 +1,7 @@
-"""Multi-domain byte-token corpora for proxy runs: the format (``format``) and its builder."""
+"""Multi-domain byte-token corpora for proxy runs: the format (``format``), the domain sources
+(``sources``), the quality scores (``quality``) and the builder (``build``). Numpy only."""
 
+from proxy_trainer.corpus.build import BuildEvent, BuildReport, DomainReport, build_corpus
 from proxy_trainer.corpus.format import (
     CORPUS_FORMAT,
     VOCAB_SIZE,
@@ -9,4 +11,15 @@ from proxy_trainer.corpus.format import (
     Split,
 )
 
-__all__ = ["CORPUS_FORMAT", "VOCAB_SIZE", "Corpus", "CorpusError", "DomainInfo", "Split"]
+__all__ = [
+    "CORPUS_FORMAT",
+    "VOCAB_SIZE",
+    "BuildEvent",
+    "BuildReport",
+    "Corpus",
+    "CorpusError",
+    "DomainInfo",
+    "DomainReport",
+    "Split",
+    "build_corpus",
+]

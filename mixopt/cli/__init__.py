@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from mixopt.cli import experiments, fits, runs, server, worker
+from mixopt.cli import corpus, demo, experiments, fits, launch, runs, server, worker
 
 __all__ = ["app"]
 
@@ -19,13 +19,16 @@ app = typer.Typer(
     help="mixopt: find the best data mixture for training a language model.", no_args_is_help=True
 )
 # The order of registration is the order of ``mixopt --help``.
+app.command()(demo.demo)
 app.command()(server.version)
 app.command()(server.serve)
 app.command()(fits.fit)
 app.command()(fits.recommend)
 app.command()(fits.backtest)
 app.command()(worker.worker)
+app.command()(launch.launch)
 app.add_typer(server.db_app, name="db")
 app.add_typer(server.token_app, name="token")
 app.add_typer(experiments.experiment_app, name="experiment")
 app.add_typer(runs.runs_app, name="runs")
+app.add_typer(corpus.corpus_app, name="corpus")

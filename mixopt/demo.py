@@ -275,7 +275,9 @@ def run_demo(
                 experiment_id,
                 workers=plan.workers,
                 backend=plan.backend,
-                options=WorkerOptions(corpus=str(corpus_dir), preset=preset_name),
+                # Workers that find nothing to claim while the last runs train look again soon:
+                # the stage ends when they all have exited.
+                options=WorkerOptions(corpus=str(corpus_dir), preset=preset_name, poll_seconds=2.0),
                 progress=(lambda done, _total: bar.update(done)) if bar else None,
             )
         finally:

@@ -420,3 +420,36 @@ def wait_for(condition: Callable[[], bool], seconds: float = 60) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
         time.sleep(0.05)
+
+
+def test_quadmix_runs_train_end_to_end_on_the_corpus_quality_scores(
+    client: MixoptClient, store: SqlStore, tmp_path: Path, proxy_file: Path
+) -> None:
+    """A QuaDMix experiment over a built corpus: its proposals carry a sampling function over
+    the corpus's own quality scores, and the built-in trainer draws documents by it."""
+    from proxy_trainer.corpus import Corpus, build_corpus
+    from service.store import NewExperiment
+
+    out = tmp_path / "built"
+    build_corpus(out, synthetic_only=True, max_tokens_per_domain=60_000)
+    corpus = Corpus.open(out)
+    created = store.create_experiment(
+        NewExperiment(
+            name="quadmix-e2e",
+            mode="offline",
+            method="quadmix",
+            domains=[{"name": d, "prior": 1.0} for d in corpus.domains],
+            objective={"metrics": {"val_loss/arithmetic": 1.0}, "direction": "minimize"},
+            config={"seed": 3, "quality_scores": list(corpus.quality_scores)},
+        )
+    )
+    proposed = client.propose(created.id, 2)
+    assert all(set(run.params) >= {"merge", "threshold"} for run in proposed)
+    worker = build_worker(
+        client, created.id, WorkerOptions(corpus=out, proxy_config=proxy_file, name="q")
+    )
+    stats = worker.run(exit_when_idle=True)
+    assert (stats.completed, stats.failed) == (2, 0)
+    for run in client.iter_runs(created.id):
+        assert run.status == "completed"
+        assert set(run.metrics) >= {f"val_loss/{d}" for d in corpus.domains}

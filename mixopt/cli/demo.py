@@ -99,7 +99,9 @@ def demo(
     out.print(
         f"online ({online['preset']} model): {method} {online[method]['objective']:.4f} "
         f"({online[method]['versions']} weight versions) vs stratified "
-        f"{online['stratified']['objective']:.4f}"
+        f"{online['stratified']['objective']:.4f}; mean over every domain (what the online "
+        f"mixer minimises) {online[method]['mean_all_domains']:.4f} vs "
+        f"{online['stratified']['mean_all_domains']:.4f}"
     )
     out.print("timings (s): " + ", ".join(f"{k} {v}" for k, v in result.timings.items()))
     if json_path is not None:

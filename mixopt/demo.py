@@ -31,7 +31,6 @@ import httpx
 
 from mixopt import schemas
 from mixopt.client import MixoptClient
-from mixopt.schemas import API_PREFIX
 
 __all__ = ["DemoPlan", "DemoResult", "Service", "objective_of", "run_demo", "start_service"]
 
@@ -454,10 +453,9 @@ def run_demo(
 
 
 def _parameters(proxy: Any) -> str:
-    m = proxy.model
-    # Embedding (tied head) + position + 12 d^2 per block: the nanoGPT count, good to a few %.
-    n = m.vocab_size * m.n_embd + m.block_size * m.n_embd + 12 * m.n_layer * m.n_embd**2
-    return f"{n / 1e6:.2f}M"
+    from proxy_trainer.model import GPT
+
+    return f"{GPT(proxy.model).num_parameters() / 1e6:.2f}M"
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -469,7 +467,3 @@ def write_json(result: DemoResult, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))
     os.replace(tmp, path)
-
-
-def api_url(service: Service) -> str:
-    return f"{service.url}{API_PREFIX}"

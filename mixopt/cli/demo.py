@@ -32,7 +32,13 @@ def demo(
 ) -> None:
     """Build the corpus, start the service, train RegMix proxies with workers, fit, recommend,
     train a larger model on the recommended, prior and uniform mixtures, then one online run."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
     from rich.table import Table
 
     from mixopt.demo import DemoPlan, run_demo, start_service, write_json
@@ -56,7 +62,7 @@ def demo(
 
     def bar(label: str, total: int) -> Any:
         progress = Progress(
-            "[progress.description]{task.description}",
+            TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),

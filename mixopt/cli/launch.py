@@ -63,7 +63,13 @@ def launch(
     import signal
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from mixopt import launch as engine
 
@@ -96,7 +102,7 @@ def launch(
     console = _console(stderr=True)
     started = time.monotonic()
     with Progress(
-        "[progress.description]{task.description}",
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from service.store.base import (
     ExperimentRecord,
+    FeedbackRecord,
     NewExperiment,
     NewFit,
     NewOnlineRun,
@@ -12,6 +13,7 @@ from service.store.base import (
     Page,
     PointRecord,
     RunRecord,
+    SeriesPoint,
     Store,
     StoredModel,
     TokenRecord,
@@ -20,6 +22,7 @@ from service.store.sql import SqlStore, make_engine
 
 __all__ = [
     "ExperimentRecord",
+    "FeedbackRecord",
     "NewExperiment",
     "NewFit",
     "NewOnlineRun",
@@ -28,6 +31,7 @@ __all__ = [
     "Page",
     "PointRecord",
     "RunRecord",
+    "SeriesPoint",
     "SqlStore",
     "Store",
     "StoredModel",

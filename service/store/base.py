@@ -17,6 +17,7 @@ from mixopt.schemas import RunStatus
 __all__ = [
     "ExperimentRecord",
     "FeedbackContext",
+    "FeedbackRecord",
     "FitRecord",
     "NewExperiment",
     "NewFit",
@@ -27,6 +28,7 @@ __all__ = [
     "Page",
     "PointRecord",
     "RunRecord",
+    "SeriesPoint",
     "StaleVersion",
     "Store",
     "StoredModel",
@@ -129,6 +131,18 @@ class PointRecord:
 
 
 @dataclass(frozen=True)
+class SeriesPoint:
+    """One point of a metric's curve as ``metric_series`` draws it: a stored point (then
+    ``low == high == value``) or a bucket of them: its last step, the mean of its values and
+    their min and max."""
+
+    step: int
+    value: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
 class TokenRecord:
     id: str
     name: str
@@ -174,6 +188,18 @@ class FeedbackContext:
     state: OnlineState
     experiment: ExperimentRecord
     recorded: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    """One feedback recorded for an online run; ``superseded`` once a resume went back past
+    its step."""
+
+    step: int
+    version: int | None
+    body: dict[str, Any]
+    superseded: bool
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -249,6 +275,11 @@ class Store(ABC):
     @abstractmethod
     def archive_experiment(self, experiment_id: str) -> ExperimentRecord:
         """Idempotent."""
+
+    @abstractmethod
+    def last_activity(self, experiment_ids: Sequence[str]) -> dict[str, datetime]:
+        """Per experiment, the latest ``updated_at`` of its runs (its own ``updated_at`` while it
+        has none), read at once for all ids. Ids that name no experiment are left out."""
 
     # --- runs ---
     @abstractmethod
@@ -334,6 +365,17 @@ class Store(ABC):
     ) -> Page[PointRecord]:
         """Ordered by step (then name)."""
 
+    @abstractmethod
+    def metric_series(
+        self, run_id: str, *, max_points: int = 500, names: Sequence[str] | None = None
+    ) -> dict[str, list[SeriesPoint]]:
+        """Each metric name of the run (or of ``names`` only; names without points are left
+        out) to its curve ordered by step, downsampled by the database: a name with more than
+        ``max_points`` points gets one point per non-empty bucket, where its step range
+        ``[lo, hi]`` is cut into ``max_points`` buckets of equal width (step ``s`` falls in
+        bucket ``(s - lo) * max_points // (hi - lo + 1)``). Other names come back exactly.
+        ``InvalidInput`` if ``max_points`` < 1."""
+
     # --- tokens ---
     @abstractmethod
     def create_token(
@@ -378,6 +420,13 @@ class Store(ABC):
         self, run_id: str, *, limit: int, cursor: str | None
     ) -> Page[WeightsRecord]:
         """Every version, oldest first, superseded ones included."""
+
+    @abstractmethod
+    def feedback_history(
+        self, run_id: str, *, limit: int, cursor: str | None
+    ) -> Page[FeedbackRecord]:
+        """Every feedback recorded, oldest first (by step, then as recorded), superseded ones
+        included; ``NotFound`` for unknown runs and runs that are not online."""
 
     @abstractmethod
     def feedback_context(self, run_id: str, step: int) -> FeedbackContext:

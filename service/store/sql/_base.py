@@ -161,9 +161,13 @@ class SqlStoreBase(Store):
                         self._weights_cache.invalidate(rid)
 
     @contextmanager
-    def _read(self) -> Iterator[Connection]:
+    def _read(self, *, snapshot: bool = False) -> Iterator[Connection]:
+        """A read transaction. With ``snapshot``, every statement in it sees the same committed
+        state (SQLite's read transactions always do; Postgres then reads REPEATABLE READ)."""
         with self.engine.connect() as conn:
             conn.execution_options(sqlite_begin="DEFERRED")
+            if snapshot and self._dialect == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 yield conn
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mixopt.errors import Conflict
 from service.store.base import ExperimentRecord, NewExperiment, Page
-from service.store.models import ExperimentRow, RunRow
-from service.store.sql._base import SqlStoreBase, _keyset, _page, _parse_id
+from service.store.models import ExperimentRow, RunRow, UtcDateTime
+from service.store.sql._base import _MAX_ID, SqlStoreBase, _chunks, _keyset, _page, _parse_id
 
 __all__ = ["ExperimentStore"]
 
@@ -90,3 +91,20 @@ class ExperimentStore(SqlStoreBase):
             )
             row = self._load_experiment(conn, eid)
             return self._experiment(row, self._counts(conn, [eid])[eid])
+
+    def last_activity(self, experiment_ids: Sequence[str]) -> dict[str, datetime]:
+        ids = sorted({int(i) for i in experiment_ids if i.isdigit() and 1 <= int(i) <= _MAX_ID})
+        latest = func.coalesce(
+            func.max(RunRow.updated_at), ExperimentRow.updated_at, type_=UtcDateTime()
+        )
+        activity: dict[str, datetime] = {}
+        with self._read() as conn:
+            for chunk in _chunks(ids):
+                rows = conn.execute(
+                    select(ExperimentRow.id, latest)
+                    .outerjoin(RunRow, RunRow.experiment_id == ExperimentRow.id)
+                    .where(ExperimentRow.id.in_(list(chunk)))
+                    .group_by(ExperimentRow.id, ExperimentRow.updated_at)
+                )
+                activity.update((str(eid), at) for eid, at in rows)
+        return activity

@@ -3,16 +3,37 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import Connection, select, text, tuple_
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Select,
+    String,
+    func,
+    literal,
+    select,
+    text,
+    tuple_,
+    union_all,
+)
 
 from mixopt.errors import Conflict, InvalidInput
-from service.store.base import Page, PointRecord
+from service.store.base import Page, PointRecord, SeriesPoint
 from service.store.cursor import decode_cursor
 from service.store.models import MetricPointRow
 from service.store.sql._base import SqlStoreBase, _chunks, _page, _parse_id
 
 __all__ = ["MetricStore"]
+
+_BUCKETED_NAMES = 200  # names per bucket query (SQLite allows 500 terms in a compound SELECT)
+
+
+def _bucket_divisor(span: int, max_points: int) -> int:
+    """What steps are divided by before they are multiplied by ``max_points``, so that no
+    product leaves BIGINT: 1 (exact buckets) unless ``span * max_points`` nears 2**62 (steps go
+    up to 2**62), and then just enough to stay under it."""
+    return ((span + 1) * max_points >> 62) + 1
 
 
 class MetricStore(SqlStoreBase):
@@ -106,4 +127,106 @@ class MetricStore(SqlStoreBase):
             limit,
             lambda r: PointRecord(r.name, r.step, r.value),
             key=lambda r: [r.step, r.name],
+        )
+
+    def metric_series(
+        self, run_id: str, *, max_points: int = 500, names: Sequence[str] | None = None
+    ) -> dict[str, list[SeriesPoint]]:
+        rid = _parse_id(run_id, "run")
+        if max_points < 1:
+            raise InvalidInput.at(("query", "max_points"), "max_points must be at least 1")
+        wanted = sorted(set(names)) if names is not None else None
+        series: dict[str, list[SeriesPoint]] = {}
+        # One snapshot: points appended meanwhile must not slip past the counts read first.
+        with self._read(snapshot=True) as conn:
+            self._load_run(conn, rid)
+            if wanted == []:
+                return series
+            stats = self._series_stats(conn, rid, wanted)
+            small = [name for name, (count, _, _) in stats.items() if count <= max_points]
+            large = [name for name, (count, _, _) in stats.items() if count > max_points]
+            for chunk in _chunks(small):
+                rows = conn.execute(
+                    select(MetricPointRow.name, MetricPointRow.step, MetricPointRow.value)
+                    .where(MetricPointRow.run_id == rid, MetricPointRow.name.in_(list(chunk)))
+                    .order_by(MetricPointRow.name, MetricPointRow.step)
+                )
+                for name, step, value in rows:
+                    series.setdefault(name, []).append(SeriesPoint(step, value, value, value))
+            for chunk in _chunks(large, _BUCKETED_NAMES):
+                query = self._bucket_query(rid, {n: stats[n] for n in chunk}, max_points)
+                for name, step, mean, low, high in conn.execute(query):
+                    series.setdefault(name, []).append(SeriesPoint(step, mean, low, high))
+        return {name: series[name] for name in sorted(series)}
+
+    @staticmethod
+    def _series_stats(
+        conn: Connection, rid: int, names: list[str] | None
+    ) -> dict[str, tuple[int, int, int]]:
+        """Per metric name of the run (among ``names``): its count, min step and max step."""
+        query = (
+            select(
+                MetricPointRow.name,
+                func.count(),
+                func.min(MetricPointRow.step),
+                func.max(MetricPointRow.step),
+            )
+            .where(MetricPointRow.run_id == rid)
+            .group_by(MetricPointRow.name)
+        )
+        queries = (
+            [query]
+            if names is None
+            else [query.where(MetricPointRow.name.in_(list(chunk))) for chunk in _chunks(names)]
+        )
+        return {
+            name: (count, low, high)
+            for each in queries
+            for name, count, low, high in conn.execute(each)
+        }
+
+    @staticmethod
+    def _bucket_query(
+        rid: int, stats: dict[str, tuple[int, int, int]], max_points: int
+    ) -> Select[Any]:
+        """One grouped query over every name in ``stats``: per name and bucket, the last step,
+        the mean, the min and the max, ordered by name and step.
+
+        Each name's bounds come in as a small derived table (``VALUES`` with column names is not
+        portable: SQLite has no column list on a derived table). The bucket of step ``s`` is
+        ``((s - lo) / d) * n / slots`` with ``slots = (hi - lo) / d + 1``, all in integer
+        division, which truncates on both backends (BIGINT / BIGINT) and so is the floor here
+        (nothing is negative); with ``d = 1`` (see ``_bucket_divisor``) that is
+        ``(s - lo) * n // (hi - lo + 1)``, always within ``[0, n)``."""
+        rows = [
+            select(
+                literal(name, String).label("name"),
+                literal(low, BigInteger).label("low"),
+                literal(high, BigInteger).label("high"),
+                literal(divisor, BigInteger).label("divisor"),
+                literal((high - low) // divisor + 1, BigInteger).label("slots"),
+            )
+            for name, (_, low, high) in stats.items()
+            for divisor in [_bucket_divisor(high - low, max_points)]
+        ]
+        bounds = (rows[0] if len(rows) == 1 else union_all(*rows)).subquery("bounds")
+        offset = (MetricPointRow.step - bounds.c.low) // bounds.c.divisor
+        bucket = offset * literal(max_points, BigInteger) // bounds.c.slots
+        last_step = func.max(MetricPointRow.step).label("last_step")
+        return (
+            select(
+                MetricPointRow.name,
+                last_step,
+                func.avg(MetricPointRow.value),
+                func.min(MetricPointRow.value),
+                func.max(MetricPointRow.value),
+            )
+            .join(bounds, bounds.c.name == MetricPointRow.name)
+            .where(
+                MetricPointRow.run_id == rid,
+                # Within the bounds read: the buckets stay in range whatever happens meanwhile.
+                MetricPointRow.step.between(bounds.c.low, bounds.c.high),
+            )
+            .group_by(MetricPointRow.name, bucket)
+            .order_by(MetricPointRow.name, last_step)
         )

@@ -7,12 +7,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NoReturn
 
-from sqlalchemy import Connection, Row, Select, func, insert, select, update
+from sqlalchemy import Connection, Row, Select, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from mixopt.errors import Conflict, NotFound
 from service.store.base import (
     FeedbackContext,
+    FeedbackRecord,
     NewOnlineRun,
     NewRun,
     NewVersion,
@@ -22,6 +23,7 @@ from service.store.base import (
     StaleVersion,
     WeightsRecord,
 )
+from service.store.cursor import decode_cursor
 from service.store.models import ExperimentRow, FeedbackRow, MixerStateRow, RunRow, WeightVersionRow
 from service.store.sql._base import _WEIGHTS_CHANGED, SqlStoreBase, _keyset, _page, _parse_id
 from service.store.weights_cache import CHANNEL as WEIGHTS_CHANNEL
@@ -180,6 +182,36 @@ class OnlineStore(SqlStoreBase):
             self._online_state(conn, rid)
             rows = conn.execute(query).all()
         return _page(rows, limit, self._weights, key=lambda r: [r.version])
+
+    def feedback_history(
+        self, run_id: str, *, limit: int, cursor: str | None
+    ) -> Page[FeedbackRecord]:
+        rid = _parse_id(run_id, "run")
+        query = (
+            select(
+                FeedbackRow.id,
+                FeedbackRow.step,
+                FeedbackRow.version,
+                FeedbackRow.body,
+                FeedbackRow.superseded,
+                FeedbackRow.created_at,
+            )
+            .where(FeedbackRow.run_id == rid)
+            .order_by(FeedbackRow.step, FeedbackRow.id)
+            .limit(limit + 1)
+        )
+        if cursor is not None:
+            step, last_id = decode_cursor(cursor, (int, int))
+            query = query.where(tuple_(FeedbackRow.step, FeedbackRow.id) > tuple_(step, last_id))
+        with self._read() as conn:
+            self._online_state(conn, rid)
+            rows = conn.execute(query).all()
+        return _page(
+            rows,
+            limit,
+            lambda r: FeedbackRecord(r.step, r.version, r.body, r.superseded, r.created_at),
+            key=lambda r: [r.step, r.id],
+        )
 
     def feedback_context(self, run_id: str, step: int) -> FeedbackContext:
         rid = _parse_id(run_id, "run")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mixopt.demo import DemoPlan, _simplex, objective_of, objective_value
+from mixopt.demo import DemoPlan, _simplex, objective_of, objective_value, real_domain_floor
 
 
 def test_objective_averages_the_real_text_domains_only():
@@ -21,6 +21,12 @@ def test_objective_averages_the_real_text_domains_only():
     }
     metrics = {"val_loss/literature": 2.0, "val_loss/legal": 1.0, "val_loss/noise": 8.0}
     assert objective_value(metrics, objective) == pytest.approx(1.5)
+
+
+def test_real_domains_keep_a_floor_that_leaves_half_the_mixture_free():
+    assert real_domain_floor(("a", "b", "c", "d")) == dict.fromkeys("abcd", 0.10)
+    eight = real_domain_floor(tuple("abcdefgh"))
+    assert sum(eight.values()) == pytest.approx(0.5)
 
 
 def test_rounded_mixtures_still_sum_to_one_within_the_api_tolerance():
@@ -78,6 +84,7 @@ def test_quick_demo_runs_the_mission_and_the_recommendation_beats_uniform(tmp_pa
     assert result["final"]["recommended"] < result["final"]["uniform"]
     metrics = result["objective"]["metrics"]
     assert metrics and not any("noise" in name for name in metrics)
+    assert set(result["floors"]) == {name.removeprefix("val_loss/") for name in metrics}
     method = result["online"]["method"]
     assert result["online"][method]["versions"] > 1
     assert "stratified" in result["online"]

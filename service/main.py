@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from mixopt import __version__, schemas
 from mixopt.schemas import API_PREFIX
 from mixopt.settings import Settings
-from service.api.routes import experiments, online, ops, runs, tokens
+from service.api.routes import dashboard, experiments, online, ops, runs, tokens
 from service.auth import Authenticator
 from service.middleware import BodyLimitMiddleware, RequestMetrics, RequestMetricsMiddleware
 from service.operations import Operations
@@ -68,6 +68,9 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
     api.include_router(tokens.router)
     app.include_router(api)
     app.include_router(ops.router)
+    app.include_router(dashboard.ui)
+    app.include_router(dashboard.home)
+    app.include_router(dashboard.pages)
 
     install_problem_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

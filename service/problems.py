@@ -27,7 +27,7 @@ from mixopt.errors import (
     Unauthorized,
 )
 
-__all__ = ["PROBLEM_RESPONSES", "install_problem_handlers", "problem_response"]
+__all__ = ["PROBLEM_RESPONSES", "install_problem_handlers", "problem_response", "problem_status"]
 
 log = logging.getLogger("mixopt.service")
 
@@ -64,6 +64,11 @@ def problem_response(
     if errors is not None:
         body["errors"] = [{"loc": list(e.loc), "msg": e.msg} for e in errors]
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def problem_status(exc: MixoptError) -> int:
+    """The HTTP status of a user's error."""
+    return next((status for cls, status, _slug in _STATUS if isinstance(exc, cls)), 400)
 
 
 def _domain_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -117,6 +117,13 @@ def demo(
         service.stop()
         return
     out.print(f"the service keeps running at {service.url} (Ctrl-C stops it)")
+    regmix = result.experiments.get("regmix")
+    out.print(
+        f"  dashboard: {service.url}/experiments/{regmix}"
+        if regmix
+        else f"  dashboard: {service.url}/"
+    )
+    out.print(f"  sign in with the admin token {service.token}")
     out.print(f"  export MIXOPT_URL={service.url} MIXOPT_TOKEN={service.token}")
     out.print("  mixopt experiment list")
     try:

@@ -121,6 +121,8 @@ class RunRecord:
     external_id: str | None
     created_at: datetime
     updated_at: datetime
+    name: str | None = None
+    """An online training run's name (None offline)."""
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
-"""Operations: liveness, readiness, Prometheus metrics and the dashboard's entry page."""
+"""Operations: liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
@@ -45,26 +45,3 @@ async def metrics(request: Request) -> Response:
         generate_latest(request.app.state.request_metrics.registry),
         media_type=CONTENT_TYPE_LATEST,
     )
-
-
-_INDEX = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>mixopt</title>
-<style>body{font:16px/1.5 system-ui,sans-serif;max-width:42rem;margin:3rem auto;padding:0 1rem}
-code{background:#f3f3f3;padding:0 .25rem}</style></head>
-<body><h1>mixopt</h1>
-<p>Finds the best data mixture for training a language model.</p>
-<ul>
-<li><a href="/docs">API documentation</a> (the contract, interactive)</li>
-<li><a href="/openapi.json">OpenAPI document</a></li>
-<li><a href="/readyz">readiness</a> and <a href="/metrics">Prometheus metrics</a></li>
-</ul>
-<p>API calls take <code>Authorization: Bearer &lt;token&gt;</code>;
-create one with <code>mixopt token create --scope read --name me</code>.</p>
-</body></html>
-"""
-
-
-@router.get("/", response_class=HTMLResponse, openapi_extra=PUBLIC)
-async def index() -> HTMLResponse:
-    """The dashboard's entry page."""
-    return HTMLResponse(_INDEX)

@@ -236,6 +236,7 @@ class SqlStoreBase(Store):
             external_id=row.external_id,
             created_at=row.created_at,
             updated_at=row.updated_at,
+            name=row.name,
         )
 
     def _load_run(self, conn: Connection, run_id: int, *, lock: bool = False) -> Row[Any]:

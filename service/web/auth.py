@@ -54,10 +54,6 @@ async def principal_of(request: Request, scope: str = "read") -> Principal:
         raise LoginRequired(exc.detail) from None
 
 
-def _secure(request: Request) -> bool:
-    return request.url.scheme == "https"
-
-
 def csrf_token(request: Request, response: Response | None = None) -> str:
     """The browser's CSRF value, set on ``response`` when it has none yet."""
     value = request.cookies.get(CSRF_COOKIE) or getattr(request.state, "csrf", None)
@@ -65,14 +61,7 @@ def csrf_token(request: Request, response: Response | None = None) -> str:
         value = secrets.token_urlsafe(24)
         request.state.csrf = value
     if response is not None and request.cookies.get(CSRF_COOKIE) != value:
-        response.set_cookie(
-            CSRF_COOKIE,
-            value,
-            max_age=COOKIE_DAYS * 86400,
-            httponly=True,
-            samesite="strict",
-            secure=_secure(request),
-        )
+        _keep(request, response, CSRF_COOKIE, value)
     return value
 
 
@@ -87,11 +76,17 @@ def set_session(request: Request, response: Response, token: str | None) -> None
     if token is None:
         response.delete_cookie(TOKEN_COOKIE, httponly=True, samesite="strict")
         return
+    _keep(request, response, TOKEN_COOKIE, token)
+
+
+def _keep(request: Request, response: Response, name: str, value: str) -> None:
+    """Both cookies: HttpOnly (scripts read the CSRF value from the page, not the cookie),
+    SameSite=Strict, and Secure when the page came over TLS."""
     response.set_cookie(
-        TOKEN_COOKIE,
-        token,
+        name,
+        value,
         max_age=COOKIE_DAYS * 86400,
         httponly=True,
         samesite="strict",
-        secure=_secure(request),
+        secure=request.url.scheme == "https",
     )

@@ -101,9 +101,11 @@ ImportStatus = Literal["pending", "completed", "failed"]
 
 
 class _Body(BaseModel):
-    """A request body: unknown fields are a client error, not something to drop silently."""
+    """A request body: unknown fields are a client error, not something to drop silently, and
+    values are taken as they are typed (strict): a weight sent as the string ``"0.5"`` is a 422,
+    not a number."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _Reply(BaseModel):

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from mixers import DomainSpace, ExperimentSetup, Observation, RunSummary, methods
 from mixers.backtest import BacktestPlan
-from mixers.fitting import Fit
+from mixers.fitting import Fit, check_model
 from mixers.offline.base import OfflineMixer
 from mixers.online import Feedback, OnlineMixer
 from mixers.persistence import FIT_FORMAT, UnreadableFit, dump_fit, load_fit
@@ -247,6 +247,10 @@ class Operations:
 
         CPU-bound: the route runs it in the thread pool, off the event loop.
         """
+        try:  # the body before the state: an unknown model is 422 however many runs there are
+            check_model(body.model)
+        except InvalidInput as exc:
+            raise exc.prefixed("body") from None
         experiment = self._offline(experiment_id)
         mixer = _offline_mixer(experiment)
         space = space_of(experiment)
@@ -383,6 +387,12 @@ class Operations:
             current, experiment = context.state, context.experiment
             if current.frozen:
                 raise Conflict(f"run {run_id} is completed; its mixer state is frozen")
+            if body.step < context.current_step:
+                # Steps only move forward; going back is what resume is for.
+                raise Conflict(
+                    f"run {run_id} is at step {context.current_step}: feedback for step "
+                    f"{body.step} comes too late (POST .../resume to restart from a checkpoint)"
+                )
             space = space_of(experiment)
             mixer = _online_mixer(experiment)
             feedback = Feedback(

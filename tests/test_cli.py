@@ -92,7 +92,8 @@ def test_experiment_create_from_yaml_or_json_and_list(
         "name: pile-3\n"
         "method: regmix\n"
         "domains:\n"
-        "  - {name: web, tokens: 6.0e9}\n"
+        # YAML 1.2 numbers (PyYAML alone reads both as strings, which strict bodies refuse)
+        "  - {name: web, tokens: 6e9}\n"
         "  - {name: code, tokens: 2.0e9}\n"
         "  - {name: papers, max_weight: 0.5}\n"
         "objective:\n"

@@ -15,12 +15,25 @@ experiment_app = typer.Typer(help="Experiments (through the API).", no_args_is_h
 
 
 def _read_spec(path: Path) -> Any:
+    """A spec file as JSON or YAML. YAML numbers follow YAML 1.2, as people write them: PyYAML
+    (YAML 1.1) reads ``tokens: 4.6e6`` as a string, which the API's strict bodies refuse."""
+    import re
+
     import yaml
 
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         return json.loads(text)
-    return yaml.safe_load(text)
+
+    class SpecLoader(yaml.SafeLoader):
+        pass
+
+    SpecLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return yaml.load(text, Loader=SpecLoader)  # a SafeLoader: no arbitrary objects
 
 
 @experiment_app.command("create")

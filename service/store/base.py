@@ -184,12 +184,14 @@ class OnlineState:
 
 @dataclass(frozen=True)
 class FeedbackContext:
-    """What folding one feedback needs, read at once: the state, its experiment, and the body
-    already recorded at that step (``None`` if none)."""
+    """What folding one feedback needs, read at once: the state, its experiment, the body
+    already recorded at that step (``None`` if none) and the step the run has reached (its
+    latest live feedback, or the step its current weights apply from, whichever is later)."""
 
     state: OnlineState
     experiment: ExperimentRecord
     recorded: dict[str, Any] | None
+    current_step: int = 0
 
 
 @dataclass(frozen=True)
@@ -456,7 +458,8 @@ class Store(ABC):
     @abstractmethod
     def resume(self, run_id: str, step: int) -> WeightsRecord:
         """Return the state to the version in effect at ``step`` as a new version; feedback and
-        versions after ``step`` are marked superseded."""
+        versions after ``step`` are marked superseded. ``Conflict`` (naming the current step)
+        for a step the run has not reached."""
 
     # --- fits ---
     @abstractmethod

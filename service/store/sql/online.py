@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NoReturn
 
-from sqlalchemy import Connection, Row, Select, func, insert, select, tuple_, update
+from sqlalchemy import Connection, Row, Select, case, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from mixopt.errors import Conflict, NotFound
@@ -231,6 +231,7 @@ class OnlineStore(SqlStoreBase):
                 MixerStateRow.state.label("state_body"),
                 MixerStateRow.frozen.label("state_frozen"),
                 recorded.label("recorded"),
+                self._current_step(rid).label("current_step"),
             )
             .select_from(MixerStateRow)
             .join(RunRow, RunRow.id == MixerStateRow.run_id)
@@ -248,7 +249,31 @@ class OnlineStore(SqlStoreBase):
             state=row.state_body,
             frozen=row.state_frozen,
         )
-        return FeedbackContext(state, self._experiment(row, {}), row.recorded)
+        return FeedbackContext(
+            state, self._experiment(row, {}), row.recorded, current_step=row.current_step
+        )
+
+    @staticmethod
+    def _current_step(rid: int) -> Any:
+        """The step run ``rid`` has reached: its latest live feedback, or the step its current
+        weights apply from (after a resume), whichever is later; correlated to its state row."""
+        last_feedback = (
+            select(func.max(FeedbackRow.step))
+            .where(FeedbackRow.run_id == rid, FeedbackRow.superseded.is_(False))
+            .scalar_subquery()
+        )
+        current_version = (
+            select(WeightVersionRow.step)
+            .where(
+                WeightVersionRow.run_id == rid,
+                WeightVersionRow.version == MixerStateRow.version,
+            )
+            .scalar_subquery()
+        )
+        feedback_step = func.coalesce(last_feedback, 0)
+        version_step = func.coalesce(current_version, 0)
+        # max(a, b) is an aggregate on Postgres and greatest() does not exist on SQLite
+        return case((feedback_step > version_step, feedback_step), else_=version_step)
 
     def last_feedback(self, run_id: str) -> dict[str, Any] | None:
         rid = _parse_id(run_id, "run")
@@ -315,6 +340,14 @@ class OnlineStore(SqlStoreBase):
                 self._not_online(conn, rid)
             if current.frozen:
                 raise Conflict(f"run {rid} is completed; it cannot resume")
+            reached = conn.execute(
+                select(self._current_step(rid)).where(MixerStateRow.run_id == rid)
+            ).scalar_one()
+            if step > reached:
+                raise Conflict(
+                    f"run {rid} has reached step {reached}: it can resume from a step up to "
+                    f"that, not {step}"
+                )
             target = conn.execute(self._in_effect(rid, step)).one()
             conn.execute(
                 update(FeedbackRow)

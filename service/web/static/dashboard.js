@@ -10,14 +10,37 @@ function figures() {
   return node ? JSON.parse(node.textContent) : {};
 }
 
+function paint(el, fig) {
+  // A chart with a long legend asks for more room (charts.readable sets layout.height).
+  const { height, ...layout } = fig.layout;
+  if (height > el.clientHeight) el.style.height = `${height}px`;
+  Plotly.react(el, fig.data, layout, PLOT_CONFIG);
+}
+
+// Charts are drawn when they come near the viewport: the page is usable at once, and a chart
+// below the fold (512 runs in parallel coordinates take about 2 s to draw without a GPU) waits
+// until someone scrolls to it. A chart already drawn is updated in place.
+const waiting = new Map();
+let observer = null;
+
 function draw(all) {
   for (const el of document.querySelectorAll("[data-figure]")) {
     const fig = all[el.dataset.figure];
     if (!fig) continue;
-    // A chart with a long legend asks for more room (charts.readable sets layout.height).
-    const { height, ...layout } = fig.layout;
-    if (height > el.clientHeight) el.style.height = `${height}px`;
-    Plotly.react(el, fig.data, layout, PLOT_CONFIG);
+    if (el.classList.contains("js-plotly-plot") || !("IntersectionObserver" in window)) {
+      paint(el, fig);
+      continue;
+    }
+    waiting.set(el, fig);
+    observer ??= new IntersectionObserver((entries) => {
+      for (const entry of entries) {
+        if (!entry.isIntersecting || !waiting.has(entry.target)) continue;
+        observer.unobserve(entry.target);
+        paint(entry.target, waiting.get(entry.target));
+        waiting.delete(entry.target);
+      }
+    }, { rootMargin: "200px" });
+    observer.observe(el);
   }
 }
 

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         description="answer weights polls from memory, kept fresh by LISTEN/NOTIFY (Postgres)",
     )
     log_level: str = Field(default="info", description="uvicorn log level")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins allowed to call the API from a browser (JSON list); none by default",
+    )
 
     @field_validator("database_url")
     @classmethod

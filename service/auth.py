@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mixopt.errors import Forbidden, Unauthorized
@@ -32,9 +33,19 @@ class Authenticator:
     effect within that time.
     """
 
-    def __init__(self, store: Store, *, enabled: bool = True, cache_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        enabled: bool = True,
+        cache_seconds: float = 5.0,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
         self._store = store
         self.enabled = enabled
+        # Told the reason of every refused call (missing, malformed, unknown, revoked, expired,
+        # scope): the service counts them in /metrics, never the secret.
+        self._on_failure = on_failure or (lambda _reason: None)
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
         self._lock = threading.Lock()
@@ -71,32 +82,40 @@ class Authenticator:
         """
         if not self.enabled or not authorization:
             return self.authenticate(authorization, required)
-        found, record = self._cached(_secret_of(authorization))
+        found, record = self._cached(self._secret_of(authorization))
         return self._admit(record, required) if found else None
 
     def authenticate(self, authorization: str | None, required: str) -> Principal:
         if not self.enabled:
             return Principal("anonymous", "admin")
         if not authorization:
+            self._on_failure("missing")
             raise Unauthorized("missing Authorization: Bearer <token> header")
-        return self._admit(self._lookup(_secret_of(authorization)), required)
+        return self._admit(self._lookup(self._secret_of(authorization)), required)
 
-    @staticmethod
-    def _admit(record: TokenRecord | None, required: str) -> Principal:
+    def _admit(self, record: TokenRecord | None, required: str) -> Principal:
+        refusal: tuple[str, Unauthorized | Forbidden] | None = None
         if record is None:
-            raise Unauthorized("unknown token")
-        if record.revoked_at is not None:
-            raise Unauthorized("the token has been revoked")
-        if record.expires_at is not None and record.expires_at <= utcnow():
-            raise Unauthorized("the token has expired")
-        if SCOPE_RANK[record.scope] < SCOPE_RANK[required]:
-            raise Forbidden(f"this call needs scope {required!r}; the token has {record.scope!r}")
+            refusal = ("unknown", Unauthorized("unknown token"))
+        elif record.revoked_at is not None:
+            refusal = ("revoked", Unauthorized("the token has been revoked"))
+        elif record.expires_at is not None and record.expires_at <= utcnow():
+            refusal = ("expired", Unauthorized("the token has expired"))
+        elif SCOPE_RANK[record.scope] < SCOPE_RANK[required]:
+            refusal = (
+                "scope",
+                Forbidden(f"this call needs scope {required!r}; the token has {record.scope!r}"),
+            )
+        if refusal is not None:
+            self._on_failure(refusal[0])
+            raise refusal[1]
+        assert record is not None
         return Principal(record.name, record.scope, record.id)
 
-
-def _secret_of(authorization: str) -> str:
-    kind, _, secret = authorization.partition(" ")
-    secret = secret.strip()
-    if kind.lower() != "bearer" or not secret:
-        raise Unauthorized("the Authorization header must be 'Bearer <token>'")
-    return secret
+    def _secret_of(self, authorization: str) -> str:
+        kind, _, secret = authorization.partition(" ")
+        secret = secret.strip()
+        if kind.lower() != "bearer" or not secret:
+            self._on_failure("malformed")
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        return secret

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from mixopt import __version__, schemas
@@ -56,10 +57,13 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.ops = Operations(store)
-    app.state.auth = Authenticator(
-        store, enabled=not settings.no_auth, cache_seconds=settings.token_cache_seconds
-    )
     app.state.request_metrics = RequestMetrics()
+    app.state.auth = Authenticator(
+        store,
+        enabled=not settings.no_auth,
+        cache_seconds=settings.token_cache_seconds,
+        on_failure=app.state.request_metrics.auth_failed,
+    )
 
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(experiments.router)
@@ -74,6 +78,17 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
 
     install_problem_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        # Closed unless configured: a browser app on another origin may call the API only
+        # from the origins listed (tokens travel in the Authorization header, not cookies).
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "If-None-Match"],
+            expose_headers=["ETag", "Retry-After"],
+            max_age=600,
+        )
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.request_metrics)
 
     original_openapi = app.openapi

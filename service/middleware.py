@@ -85,6 +85,15 @@ class RequestMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "mixopt_auth_failures",
+            "calls refused by authentication, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def auth_failed(self, reason: str) -> None:
+        self.auth_failures.labels(reason).inc()
 
 
 class RequestMetricsMiddleware:

@@ -19,7 +19,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from service.main import API_PREFIX
+from mixopt.settings import Settings
+from service.main import API_PREFIX, create_app
 from service.store import SqlStore
 from service.store.sql import hash_token
 from tests.conftest import Tokens
@@ -362,3 +363,37 @@ def test_serve_no_auth_refuses_a_non_loopback_host(tmp_path: Path) -> None:
     # It did not start: no server banner, and the database was never opened.
     assert "Uvicorn running" not in output
     assert not database.exists()
+
+
+def test_refused_calls_are_counted_by_reason_in_metrics(
+    app: FastAPI, tokens: Tokens, client: TestClient
+) -> None:
+    with TestClient(app) as anonymous:
+        anonymous.get(f"{API}/experiments")
+        anonymous.get(f"{API}/experiments", headers={"Authorization": "Basic abc"})
+        anonymous.get(f"{API}/experiments", headers={"Authorization": "Bearer not-a-token"})
+        anonymous.post(f"{API}/experiments", json=experiment_body(), headers=tokens.header("read"))
+        text = anonymous.get("/metrics").text
+    for reason in ("missing", "malformed", "unknown", "scope"):
+        assert f'mixopt_auth_failures_total{{reason="{reason}"}} 1.0' in text, reason
+    assert "not-a-token" not in text
+
+
+def test_cors_is_closed_by_default_and_open_to_the_configured_origins(store: SqlStore) -> None:
+    preflight = {
+        "Origin": "https://notebook.example",
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    with TestClient(create_app(Settings(token_cache_seconds=0), store)) as closed:
+        answer = closed.options(f"{API}/experiments", headers=preflight)
+        assert "access-control-allow-origin" not in answer.headers
+    settings = Settings(token_cache_seconds=0, cors_origins=["https://notebook.example"])
+    with TestClient(create_app(settings, store)) as open_:
+        answer = open_.options(f"{API}/experiments", headers=preflight)
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == "https://notebook.example"
+        other = open_.options(
+            f"{API}/experiments", headers={**preflight, "Origin": "https://evil.example"}
+        )
+        assert "access-control-allow-origin" not in other.headers

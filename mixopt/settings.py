@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="answer weights polls from memory, kept fresh by LISTEN/NOTIFY (Postgres)",
     )
     log_level: str = Field(default="info", description="uvicorn log level")
+    auth_free_failures: int = Field(
+        default=20,
+        ge=0,
+        description="failed authentications per minute from one address before each further "
+        "refusal is slowed (by 0.1 s more each, up to 2 s); 0 turns the slowdown off",
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description="origins allowed to call the API from a browser (JSON list); none by default",

@@ -11,7 +11,7 @@ from mixopt.errors import Forbidden, Unauthorized
 from service.store import Store, TokenRecord
 from service.store.sql import hash_token, utcnow
 
-__all__ = ["SCOPE_RANK", "Authenticator", "Principal"]
+__all__ = ["SCOPE_RANK", "Authenticator", "FailureThrottle", "Principal"]
 
 SCOPE_RANK = {"read": 0, "write": 1, "admin": 2}
 
@@ -119,3 +119,33 @@ class Authenticator:
             self._on_failure("malformed")
             raise Unauthorized("the Authorization header must be 'Bearer <token>'")
         return secret
+
+
+class FailureThrottle:
+    """Slows down a client that keeps failing authentication (a token being guessed).
+
+    Past ``free`` failures within ``window`` seconds from one address, each further refusal is
+    answered after a delay growing by ``step`` per failure, up to ``max_delay`` (``free == 0``:
+    never). Good clients never wait, and the delay holds one request, not the server.
+    """
+
+    def __init__(
+        self, *, free: int = 20, window: float = 60.0, step: float = 0.1, max_delay: float = 2.0
+    ) -> None:
+        self.free, self.window, self.step, self.max_delay = free, window, step, max_delay
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def failed(self, client: str, now: float | None = None) -> float:
+        """Record a failure of ``client``; the delay its answer should wait (seconds)."""
+        if self.free == 0:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if len(self._failures) > 10_000:  # bound memory under a flood of addresses
+                self._failures.clear()
+            recent = [t for t in self._failures.get(client, []) if now - t < self.window]
+            recent.append(now)
+            self._failures[client] = recent[-(self.free + 100) :]
+            excess = len(recent) - self.free
+        return min(self.max_delay, self.step * excess) if excess > 0 else 0.0

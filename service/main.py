@@ -15,7 +15,7 @@ from mixopt import __version__, schemas
 from mixopt.schemas import API_PREFIX
 from mixopt.settings import Settings
 from service.api.routes import dashboard, experiments, online, ops, runs, tokens
-from service.auth import Authenticator
+from service.auth import Authenticator, FailureThrottle
 from service.middleware import BodyLimitMiddleware, RequestMetrics, RequestMetricsMiddleware
 from service.operations import Operations
 from service.problems import install_problem_handlers
@@ -64,6 +64,7 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
         cache_seconds=settings.token_cache_seconds,
         on_failure=app.state.request_metrics.auth_failed,
     )
+    app.state.auth_throttle = FailureThrottle(free=settings.auth_free_failures)
 
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(experiments.router)

@@ -133,7 +133,8 @@ def tokens(store: SqlStore) -> Tokens:
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(token_cache_seconds=0)
+    # The tests refuse hundreds of calls on purpose: no slowdown (tested on its own).
+    return Settings(token_cache_seconds=0, auth_free_failures=0)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any
 
@@ -9,7 +10,8 @@ from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from service.auth import SCOPE_RANK, Authenticator, Principal
+from mixopt.errors import Unauthorized
+from service.auth import SCOPE_RANK, Authenticator, FailureThrottle, Principal
 from service.operations import Operations
 from service.store import Store
 
@@ -80,10 +82,17 @@ class AuthenticatedRoute(APIRoute):
         async def authenticated(request: Request) -> Response:
             auth: Authenticator = request.app.state.auth
             header = request.headers.get("authorization")
-            # A cached token is checked on the event loop; only a lookup goes to a thread.
-            principal = auth.authenticate_cached(header, required)
-            if principal is None:
-                principal = await run_in_threadpool(auth.authenticate, header, required)
+            try:
+                # A cached token is checked on the event loop; only a lookup goes to a thread.
+                principal = auth.authenticate_cached(header, required)
+                if principal is None:
+                    principal = await run_in_threadpool(auth.authenticate, header, required)
+            except Unauthorized:
+                throttle: FailureThrottle = request.app.state.auth_throttle
+                delay = throttle.failed(request.client.host if request.client else "unknown")
+                if delay:
+                    await asyncio.sleep(delay)
+                raise
             request.state.principal = principal
             return await handler(request)
 

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from fastapi import FastAPI
 
 from mixopt.settings import Settings
+from service.auth import FailureThrottle
 from service.main import API_PREFIX, create_app
 from service.store import SqlStore
 from service.store.sql import hash_token
@@ -397,3 +399,24 @@ def test_cors_is_closed_by_default_and_open_to_the_configured_origins(store: Sql
             f"{API}/experiments", headers={**preflight, "Origin": "https://evil.example"}
         )
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_client_that_keeps_failing_is_slowed_and_a_good_token_never_is(store: SqlStore) -> None:
+    throttle = FailureThrottle(free=3, window=60, step=0.1, max_delay=0.25)
+    delays = [throttle.failed("10.0.0.9", now=float(t)) for t in range(6)]
+    assert delays[:3] == [0, 0, 0]
+    assert delays[3:] == pytest.approx([0.1, 0.2, 0.25])
+    assert throttle.failed("10.0.0.8", now=6.0) == 0  # another address
+    assert throttle.failed("10.0.0.9", now=200.0) == 0  # the window has passed
+    assert FailureThrottle(free=0).failed("x") == 0
+    app = create_app(Settings(token_cache_seconds=0, auth_free_failures=2), store)
+    _, secret = store.create_token("good", "read", None)
+    with TestClient(app) as guesser:
+        for _ in range(2):
+            assert guesser.get(f"{API}/experiments").status_code == 401
+        started = time.monotonic()
+        assert guesser.get(f"{API}/experiments").status_code == 401
+        assert time.monotonic() - started >= 0.09
+        started = time.monotonic()
+        ok = guesser.get(f"{API}/experiments", headers={"Authorization": f"Bearer {secret}"})
+        assert ok.status_code == 200 and time.monotonic() - started < 0.09

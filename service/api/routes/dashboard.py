@@ -7,6 +7,7 @@ is part of the HTTP contract, so it stays out of the OpenAPI document.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -24,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from mixopt import __version__, schemas
 from mixopt.errors import MixoptError, NotFound, Unauthorized
 from service.api.deps import OpsDep, StoreDep
-from service.auth import SCOPE_RANK, Authenticator, Principal
+from service.auth import SCOPE_RANK, Authenticator, FailureThrottle, Principal
 from service.problems import problem_status
 from service.web import views
 from service.web.auth import (
@@ -180,6 +181,11 @@ async def login(
             await run_in_threadpool(auth.authenticate, f"Bearer {token.strip()}", "read")
         except Unauthorized as exc:
             error = exc.detail
+            # Guessing tokens on the login form is slowed like guessing them on the API.
+            throttle: FailureThrottle = request.app.state.auth_throttle
+            delay = throttle.failed(request.client.host if request.client else "unknown")
+            if delay:
+                await asyncio.sleep(delay)
     if error:
         response: Response = templates.TemplateResponse(
             request,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -149,3 +150,9 @@ class FailureThrottle:
             self._failures[client] = recent[-(self.free + 100) :]
             excess = len(recent) - self.free
         return min(self.max_delay, self.step * excess) if excess > 0 else 0.0
+
+    async def refused(self, client: str) -> None:
+        """Record a refusal of ``client`` and hold its answer as long as ``failed`` says."""
+        delay = self.failed(client)
+        if delay:
+            await asyncio.sleep(delay)

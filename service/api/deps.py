@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any
 
@@ -89,9 +88,7 @@ class AuthenticatedRoute(APIRoute):
                     principal = await run_in_threadpool(auth.authenticate, header, required)
             except Unauthorized:
                 throttle: FailureThrottle = request.app.state.auth_throttle
-                delay = throttle.failed(request.client.host if request.client else "unknown")
-                if delay:
-                    await asyncio.sleep(delay)
+                await throttle.refused(request.client.host if request.client else "unknown")
                 raise
             request.state.principal = principal
             return await handler(request)

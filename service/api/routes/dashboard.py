@@ -7,7 +7,6 @@ is part of the HTTP contract, so it stays out of the OpenAPI document.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -183,9 +182,7 @@ async def login(
             error = exc.detail
             # Guessing tokens on the login form is slowed like guessing them on the API.
             throttle: FailureThrottle = request.app.state.auth_throttle
-            delay = throttle.failed(request.client.host if request.client else "unknown")
-            if delay:
-                await asyncio.sleep(delay)
+            await throttle.refused(request.client.host if request.client else "unknown")
     if error:
         response: Response = templates.TemplateResponse(
             request,

@@ -7,7 +7,7 @@ its implementation (``SqlStore``). Records are frozen: nobody mutates what the s
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -34,6 +34,7 @@ __all__ = [
     "StoredModel",
     "TokenRecord",
     "WeightsRecord",
+    "every_page",
 ]
 
 T = TypeVar("T")
@@ -241,6 +242,17 @@ class StoredModel:
     data: bytes
 
 
+def every_page(fetch: Callable[[str | None], Page[T]]) -> Iterator[T]:
+    """Every item of a paged listing: ``fetch(cursor)`` from ``None`` until no next cursor."""
+    cursor: str | None = None
+    while True:
+        page = fetch(cursor)
+        yield from page.items
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
 class StaleVersion(Exception):
     """The state moved on since it was read: re-read and apply again (not a user error)."""
 
@@ -319,13 +331,9 @@ class Store(ABC):
 
     def iter_runs(self, experiment_id: str, *, page_size: int = 1000) -> Iterator[RunRecord]:
         """Every run of the experiment, oldest first, read page by page."""
-        cursor: str | None = None
-        while True:
-            page = self.list_runs(experiment_id, limit=page_size, cursor=cursor)
-            yield from page.items
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        return every_page(
+            lambda cursor: self.list_runs(experiment_id, limit=page_size, cursor=cursor)
+        )
 
     @abstractmethod
     def claim(self, experiment_id: str, worker: str, lease_seconds: int) -> RunRecord | None:

@@ -13,7 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from service.operations import objective_value
-from service.store import ExperimentRecord, FeedbackRecord, RunRecord, Store
+from service.store import ExperimentRecord, RunRecord, Store
+from service.store.base import every_page
 from service.web import charts
 
 __all__ = [
@@ -77,16 +78,10 @@ class ExperimentFilter:
 
 
 def experiment_list(store: Store, wanted: ExperimentFilter) -> list[dict[str, Any]]:
-    experiments: list[ExperimentRecord] = []
-    cursor: str | None = None
-    while True:
-        page = store.list_experiments(
-            status=None if wanted.archived else "active", limit=1000, cursor=cursor
-        )
-        experiments.extend(page.items)
-        cursor = page.next_cursor
-        if cursor is None:
-            break
+    status = None if wanted.archived else "active"
+    experiments = every_page(
+        lambda cursor: store.list_experiments(status=status, limit=1000, cursor=cursor)
+    )
     needle = wanted.q.strip().lower()
     chosen = [
         e
@@ -232,23 +227,17 @@ def online_experiment(store: Store, experiment: ExperimentRecord) -> dict[str, A
 
 def online_run(store: Store, experiment: ExperimentRecord, run: RunRecord) -> dict[str, Any]:
     colors = charts.domain_colors(_domains(experiment))
-    versions = []
-    cursor: str | None = None
-    while True:
-        page = store.weights_history(run.id, limit=1000, cursor=cursor)
-        versions.extend(page.items)
-        cursor = page.next_cursor
-        if cursor is None:
-            break
+    versions = list(
+        every_page(lambda cursor: store.weights_history(run.id, limit=1000, cursor=cursor))
+    )
     live = [v for v in versions if not v.superseded]
-    feedback: list[FeedbackRecord] = []
-    cursor = None
-    while True:
-        fpage = store.feedback_history(run.id, limit=1000, cursor=cursor)
-        feedback.extend(f for f in fpage.items if not f.superseded)
-        cursor = fpage.next_cursor
-        if cursor is None:
-            break
+    feedback = [
+        f
+        for f in every_page(
+            lambda cursor: store.feedback_history(run.id, limit=1000, cursor=cursor)
+        )
+        if not f.superseded
+    ]
     current = live[-1] if live else None
     train = [(f.step, f.body.get("train_losses") or {}) for f in feedback]
     evals = [

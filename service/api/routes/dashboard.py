@@ -21,6 +21,7 @@ from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
+from mixers.regressors import regressor_names
 from mixopt import __version__, schemas
 from mixopt.errors import MixoptError, NotFound, Unauthorized
 from service.api.deps import OpsDep, StoreDep
@@ -260,16 +261,9 @@ def experiment_page(
         request,
         "offline_experiment.html",
         who,
-        models=["auto", *(m.name for m in _models())],
+        models=["auto", *regressor_names()],
         **context,
     )
-
-
-@lru_cache(maxsize=1)
-def _models() -> list[schemas.ModelInfo]:
-    from service.api.routes.experiments import list_methods
-
-    return list(list_methods().models[1:])
 
 
 @pages.get("/runs/{run_id}")

@@ -225,7 +225,10 @@ def online_experiment(store: Store, experiment: ExperimentRecord) -> dict[str, A
     }
 
 
-def online_run(store: Store, experiment: ExperimentRecord, run: RunRecord) -> dict[str, Any]:
+def online_run(
+    store: Store, experiment: ExperimentRecord, run: RunRecord, *, etag: str | None = None
+) -> dict[str, Any]:
+    """The online run page; ``etag``: its ``online_etag`` when the caller already read it."""
     colors = charts.domain_colors(_domains(experiment))
     versions = list(
         every_page(lambda cursor: store.weights_history(run.id, limit=1000, cursor=cursor))
@@ -250,7 +253,7 @@ def online_run(store: Store, experiment: ExperimentRecord, run: RunRecord) -> di
         "current": current,
         "versions": len(versions),
         "feedback_rounds": len(feedback),
-        "etag": online_etag(store, run),
+        "etag": etag or online_etag(store, run),
         "active": run.status in ("pending", "running"),
         "figures": _readable(
             {

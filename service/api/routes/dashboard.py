@@ -349,7 +349,7 @@ def ui_online(
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if if_none_match == etag:
         return Response(status_code=304, headers=headers)
-    context = views.online_run(store, experiment, run)
+    context = views.online_run(store, experiment, run, etag=etag)
     current = context["current"]
     return JSONResponse(
         {

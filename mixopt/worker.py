@@ -9,9 +9,13 @@ worker reports nothing for that run.
 
 Two run trainers are built in:
 
-``CommandTrainer`` runs a command per run, which learns its run from the environment:
+``CommandTrainer`` runs a command per run in the worker's working directory (``--workdir``,
+default: where the worker was started), so ``python train.py`` finds ``train.py``. The command is
+split like a shell would split it but is not run by one (no ``$VAR`` expansion, pipes or ``&&``)
+unless ``--shell`` asks for ``/bin/sh -c``. It learns its run from the environment:
 
 - ``MIXOPT_RUN_ID``, ``MIXOPT_EXPERIMENT_ID``
+- ``MIXOPT_RUN_DIR``: a scratch directory of its own, deleted when the attempt ends
 - ``MIXOPT_WEIGHTS``: the mixture as JSON, ``{"domain": weight, ...}``
 - ``MIXOPT_RUN_FILE``: the whole run (weights, params, tags) as a JSON file
 - ``MIXOPT_METRICS_FILE``: where to write the final metrics, a JSON object name -> number
@@ -35,11 +39,16 @@ directory (extra ``mixopt[trainer]``: torch is imported only when it is used):
   whichever worker claims the run next with the same directory and config resumes from it; the
   file is deleted once the run is completed.
 
+After a failed attempt the worker waits before claiming again (doubling from
+``failure_backoff_seconds`` up to five minutes), and after ``max_consecutive_failures`` failures in
+a row it stops and says so: a broken command should not burn through the queue's attempts.
+
 Only ``mixopt.client`` talks to the service: a worker needs no database and no server code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -90,6 +99,8 @@ log = logging.getLogger("mixopt.worker")
 
 QUADMIX_KEYS = ("merge", "threshold", "steepness", "exponent")
 """A QuaDMix run's sampling function in its ``params`` (``mixers.offline.quadmix.params``)."""
+MAX_BACKOFF = 300.0
+"""The longest wait after failed attempts, in seconds."""
 MACHINE_SETTINGS = ("device", "threads")
 """TrainConfig fields a run's params cannot override: they describe the worker's machine."""
 
@@ -99,6 +110,8 @@ class WorkerStats:
     completed: int = 0
     failed: int = 0
     released: int = 0
+    gave_up: str | None = None
+    """Why the worker stopped early (too many failures in a row), or None."""
 
 
 # --- what a run trainer sees and returns -------------------------------------------------------
@@ -188,8 +201,12 @@ class Worker:
         lease_seconds: int = 600,
         heartbeat_seconds: float | None = None,
         poll_seconds: float = 30.0,
+        failure_backoff_seconds: float = 5.0,
+        max_consecutive_failures: int | None = 5,
     ) -> None:
-        """``trainer``: a ``RunTrainer``, or a command line (a ``CommandTrainer``)."""
+        """``trainer``: a ``RunTrainer``, or a command line (a ``CommandTrainer``).
+        ``max_consecutive_failures``: stop after this many failed attempts in a row (None:
+        never)."""
         self.client = client
         self.experiment_id = experiment_id
         self.trainer: RunTrainer = CommandTrainer(trainer) if isinstance(trainer, str) else trainer
@@ -198,8 +215,11 @@ class Worker:
         # Three heartbeats per lease: one lost request does not cost the run.
         self.heartbeat_seconds = heartbeat_seconds or lease_seconds / 3
         self.poll_seconds = poll_seconds
+        self.failure_backoff_seconds = failure_backoff_seconds
+        self.max_consecutive_failures = max_consecutive_failures
         self.stats = WorkerStats()
         self._stop = threading.Event()
+        self._last_failure = ""
 
     def stop(self) -> None:
         """Finish as soon as possible: the run in progress is released, not failed."""
@@ -224,6 +244,7 @@ class Worker:
         ``exit_when_idle``; if ``exit_when_done``, stop only once no run is running either (a
         running run may still fail and be retried, or its lease expire), else poll."""
         done = 0
+        failures_in_a_row = 0
         while not self._stop.is_set() and (max_runs is None or done < max_runs):
             run = self.client.claim(self.experiment_id, self.name, lease_seconds=self.lease_seconds)
             if run is None:
@@ -231,8 +252,26 @@ class Worker:
                     break
                 self._stop.wait(self.poll_seconds)
                 continue
+            failed_before = self.stats.failed
             self.train(run)
             done += 1
+            if self.stats.failed == failed_before:
+                failures_in_a_row = 0
+                continue
+            failures_in_a_row += 1
+            if (
+                self.max_consecutive_failures is not None
+                and failures_in_a_row >= self.max_consecutive_failures
+            ):
+                self.stats.gave_up = (
+                    f"stopped after {failures_in_a_row} failed attempts in a row; the last "
+                    f"(run {run.id}): {self._last_failure}"
+                )
+                log.error("%s", self.stats.gave_up)
+                break
+            wait = min(self.failure_backoff_seconds * 2 ** (failures_in_a_row - 1), MAX_BACKOFF)
+            log.info("waiting %.1f s after %d failed attempt(s) in a row", wait, failures_in_a_row)
+            self._stop.wait(wait)
         return self.stats
 
     def _experiment_done(self) -> bool:
@@ -307,6 +346,9 @@ class Worker:
             elif outcome.failure is not None:
                 self.client.fail(run.id, outcome.failure[-4000:], worker=self.name)
                 self.stats.failed += 1
+                self._last_failure = (
+                    outcome.failure.splitlines()[0][:300] if outcome.failure else ""
+                )
                 log.warning("run %s failed: %s", run.id, outcome.failure)
             else:
                 self._release(run)
@@ -330,22 +372,32 @@ def default_name() -> str:
 
 
 class CommandTrainer:
-    """Runs ``command`` for each run (see the module doc for its environment)."""
+    """Runs ``command`` for each run (see the module doc for its environment): in ``workdir``
+    (default: the current directory when the trainer is made), through ``/bin/sh -c`` if
+    ``shell``, else split into arguments with ``shlex`` and run directly."""
 
-    def __init__(self, command: str) -> None:
+    def __init__(
+        self, command: str, *, workdir: str | Path | None = None, shell: bool = False
+    ) -> None:
+        self.command = command
         self.argv = shlex.split(command)
         if not self.argv:
             raise ValueError("the command is empty")
+        self.shell = shell
+        self.workdir = Path(workdir).resolve() if workdir is not None else Path.cwd()
+        if not self.workdir.is_dir():
+            raise ValueError(f"--workdir {self.workdir} is not a directory")
 
     def __call__(self, run: schemas.Run, context: RunContext) -> RunOutcome:
-        with tempfile.TemporaryDirectory(prefix=f"mixopt-run-{run.id}-") as workdir:
-            metrics_file = Path(workdir) / "metrics.json"
-            run_file = Path(workdir) / "run.json"
+        with tempfile.TemporaryDirectory(prefix=f"mixopt-run-{run.id}-") as scratch:
+            metrics_file = Path(scratch) / "metrics.json"
+            run_file = Path(scratch) / "run.json"
             run_file.write_text(run.model_dump_json(indent=2))
             env = {
                 **os.environ,
                 "MIXOPT_RUN_ID": run.id,
                 "MIXOPT_EXPERIMENT_ID": run.experiment_id,
+                "MIXOPT_RUN_DIR": scratch,
                 "MIXOPT_WEIGHTS": json.dumps(run.weights),
                 "MIXOPT_RUN_FILE": str(run_file),
                 "MIXOPT_METRICS_FILE": str(metrics_file),
@@ -353,10 +405,20 @@ class CommandTrainer:
             }
             if context.client.token:
                 env["MIXOPT_TOKEN"] = context.client.token
-            log.info("run %s: %s", run.id, " ".join(self.argv))
-            process = subprocess.Popen(
-                self.argv, env=env, cwd=workdir, stderr=subprocess.PIPE, text=True
-            )
+            log.info("run %s: %s (in %s)", run.id, self.command, self.workdir)
+            try:
+                # A session of its own: stopping the run stops everything the command started
+                # (a shell's children too), and a terminal's Ctrl-C reaches the worker only.
+                process = subprocess.Popen(
+                    ["/bin/sh", "-c", self.command] if self.shell else self.argv,
+                    env=env,
+                    cwd=self.workdir,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                return RunOutcome.failed(f"could not start {self.argv[0]!r}: {exc}")
             stderr_tail: list[str] = []
             reader = threading.Thread(target=_keep_tail, args=(process, stderr_tail), daemon=True)
             reader.start()
@@ -412,12 +474,18 @@ def _wait_exit(process: subprocess.Popen[str], seconds: float) -> bool:
 
 
 def _terminate(process: subprocess.Popen[str], grace: float = 10.0) -> None:
+    """SIGTERM the command's process group, SIGKILL it after ``grace`` seconds."""
     if process.poll() is not None:
         return
-    process.terminate()
+    _signal_group(process, signal.SIGTERM)
     if not _wait_exit(process, grace):
-        process.kill()
+        _signal_group(process, signal.SIGKILL)
         process.wait()
+
+
+def _signal_group(process: subprocess.Popen[str], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+        os.killpg(process.pid, signum)
 
 
 # --- streaming metric points -------------------------------------------------------------------
@@ -732,6 +800,10 @@ class WorkerOptions:
     max_runs: int | None = None
     exit_when_idle: bool = False
     exit_when_done: bool = False
+    workdir: str | Path | None = None
+    shell: bool = False
+    max_consecutive_failures: int | None = 5
+    failure_backoff_seconds: float = 5.0
 
     def check(self) -> None:
         """Raise ``ValueError`` saying what is inconsistent."""
@@ -757,8 +829,14 @@ class WorkerOptions:
             ]
             if given:
                 raise ValueError(f"{', '.join(given)} apply to --corpus only, not --command")
+        elif self.workdir is not None or self.shell:
+            raise ValueError("--workdir and --shell apply to --command only, not --corpus")
+        if self.workdir is not None and not Path(self.workdir).is_dir():
+            raise ValueError(f"--workdir {self.workdir} is not a directory")
         if not 10 <= self.lease_seconds <= 86400:
             raise ValueError("--lease-seconds must be within 10..86400")
+        if self.max_consecutive_failures is not None and self.max_consecutive_failures < 1:
+            raise ValueError("--max-failures must be at least 1 (0: never stop)")
 
     def to_argv(self) -> list[str]:
         """These options as ``mixopt worker`` flags."""
@@ -777,9 +855,14 @@ class WorkerOptions:
             ("--heartbeat-seconds", self.heartbeat_seconds),
             ("--poll-seconds", self.poll_seconds),
             ("--max-runs", self.max_runs),
+            ("--workdir", self.workdir),
+            ("--max-failures", self.max_consecutive_failures or 0),
+            ("--failure-backoff", self.failure_backoff_seconds),
         ):
             if value is not None:
                 argv += [flag, str(value)]
+        if self.shell:
+            argv.append("--shell")
         if self.exit_when_idle:
             argv.append("--exit-when-idle")
         if self.exit_when_done:
@@ -800,7 +883,7 @@ def build_worker(
     options.check()
     trainer: RunTrainer
     if options.command is not None:
-        trainer = CommandTrainer(options.command)
+        trainer = CommandTrainer(options.command, workdir=options.workdir, shell=options.shell)
     else:
         assert options.corpus is not None
         from proxy_trainer.corpus import Corpus
@@ -828,4 +911,6 @@ def build_worker(
         lease_seconds=options.lease_seconds,
         heartbeat_seconds=options.heartbeat_seconds,
         poll_seconds=options.poll_seconds,
+        failure_backoff_seconds=options.failure_backoff_seconds,
+        max_consecutive_failures=options.max_consecutive_failures,
     )

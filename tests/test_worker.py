@@ -16,6 +16,7 @@ import pytest
 from mixopt.client import MixoptClient
 from mixopt.settings import Settings
 from mixopt.worker import (
+    CommandTrainer,
     ProxyRunTrainer,
     Worker,
     WorkerOptions,
@@ -87,7 +88,8 @@ def test_failing_command_is_retried_until_max_attempts(
 ) -> None:
     eid = experiment(store, 1, max_attempts=2)
     crash = command("import sys; sys.stderr.write('CUDA out of memory'); sys.exit(3)")
-    stats = Worker(client, eid, crash, name="node1/gpu0").run(exit_when_idle=True)
+    worker = Worker(client, eid, crash, name="node1/gpu0", failure_backoff_seconds=0)
+    stats = worker.run(exit_when_idle=True)
     assert stats.failed == 2
     (run,) = store.iter_runs(eid)
     assert (run.status, run.attempt) == ("failed", 2)
@@ -96,7 +98,8 @@ def test_failing_command_is_retried_until_max_attempts(
 
 def test_missing_metrics_file_fails_the_attempt(client: MixoptClient, store: SqlStore) -> None:
     eid = experiment(store, 1, max_attempts=1)
-    stats = Worker(client, eid, command("pass"), name="w").run(exit_when_idle=True)
+    worker = Worker(client, eid, command("pass"), name="w", failure_backoff_seconds=0)
+    stats = worker.run(exit_when_idle=True)
     assert stats.failed == 1
     (run,) = store.iter_runs(eid)
     assert run.status == "failed" and "no metrics" in (run.reason or "")
@@ -135,6 +138,86 @@ def test_heartbeats_keep_the_lease_alive(
     assert len(leases) >= 3 and leases == sorted(leases)  # each beat pushed the expiry on
     (run,) = store.iter_runs(eid)
     assert run.status == "completed"
+
+
+class RecordedWaits(threading.Event):
+    """A stop event that records how long the worker waited instead of waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout or 0.0)
+        return self.is_set()
+
+
+def test_command_runs_in_the_workers_directory_with_a_scratch_directory_of_its_own(
+    client: MixoptClient, store: SqlStore, tmp_path: Path
+) -> None:
+    (tmp_path / "train.py").write_text(
+        "import json, os, pathlib\n"
+        "scratch = os.environ['MIXOPT_RUN_DIR']\n"
+        "assert pathlib.Path(scratch).is_dir() and pathlib.Path.cwd() != pathlib.Path(scratch)\n"
+        "pathlib.Path('seen.txt').write_text(scratch)\n"
+        "json.dump({'val_loss/web': 1.0}, open(os.environ['MIXOPT_METRICS_FILE'], 'w'))\n"
+    )
+    eid = experiment(store, 1)
+    worker = Worker(
+        client, eid, CommandTrainer(f"{sys.executable} train.py", workdir=tmp_path), name="w"
+    )
+    assert worker.run(exit_when_idle=True).completed == 1
+    scratch = Path((tmp_path / "seen.txt").read_text())
+    assert not scratch.exists()  # removed when the attempt ended
+
+
+def test_command_is_not_run_by_a_shell_unless_asked(
+    client: MixoptClient, store: SqlStore, tmp_path: Path
+) -> None:
+    script = tmp_path / "metrics.py"
+    script.write_text(
+        "import json, sys; json.dump({'val_loss/web': 2.0, 'argv': len(sys.argv)}, "
+        "open(sys.argv[1], 'w'))\n"
+    )
+    eid = experiment(store, 2, max_attempts=1)
+    line = f"{sys.executable} {script} $MIXOPT_METRICS_FILE"
+    plain = Worker(client, eid, CommandTrainer(line), name="w", failure_backoff_seconds=0)
+    assert plain.run(max_runs=1).failed == 1  # "$MIXOPT_METRICS_FILE" reached it literally
+    shelled = Worker(client, eid, CommandTrainer(line, shell=True), name="w")
+    assert shelled.run(max_runs=1).completed == 1
+    assert sorted(run.status for run in store.iter_runs(eid)) == ["completed", "failed"]
+
+
+def test_failures_in_a_row_back_off_and_then_stop_the_worker(
+    client: MixoptClient, store: SqlStore
+) -> None:
+    eid = experiment(store, 6, max_attempts=1)
+    crash = command("import sys; sys.stderr.write('ImportError: no module torch'); sys.exit(1)")
+    worker = Worker(
+        client, eid, crash, name="w", failure_backoff_seconds=2, max_consecutive_failures=3
+    )
+    worker._stop = waits = RecordedWaits()
+    stats = worker.run(exit_when_idle=True)
+    assert (stats.failed, waits.waits) == (3, [2, 4])  # doubling, then it gave up
+    assert stats.gave_up is not None and "3 failed attempts in a row" in stats.gave_up
+    assert "exit code 1" in stats.gave_up
+    statuses = sorted(run.status for run in store.iter_runs(eid))
+    assert statuses == ["failed"] * 3 + ["pending"] * 3  # the rest was left for a fixed worker
+
+
+def test_a_success_resets_the_failure_count(client: MixoptClient, store: SqlStore) -> None:
+    eid = experiment(store, 4, max_attempts=1)  # web weights 0.2, 0.4, 0.6, 0.8, claimed in order
+    fails_on_odd_fifths = command(
+        "import json, os, sys; w = json.loads(os.environ['MIXOPT_WEIGHTS']);"
+        "sys.exit(1) if round(w['web'] * 5) % 2 else "
+        "json.dump({'val_loss/web': 1.0}, open(os.environ['MIXOPT_METRICS_FILE'], 'w'))"
+    )
+    worker = Worker(client, eid, fails_on_odd_fifths, name="w", max_consecutive_failures=2)
+    worker._stop = waits = RecordedWaits()
+    stats = worker.run(exit_when_idle=True)
+    # fail, succeed, fail, succeed: never two in a row, and each wait starts again at the base.
+    assert (stats.failed, stats.completed, stats.gave_up) == (2, 2, None)
+    assert waits.waits == [5.0, 5.0]
 
 
 # --- the built-in proxy trainer -----------------------------------------------------------------
@@ -228,7 +311,12 @@ def proxy_worker(
     return build_worker(
         client,
         eid,
-        WorkerOptions(corpus=corpus_dir, proxy_config=proxy_file, name=name, **options),
+        WorkerOptions(
+            corpus=corpus_dir,
+            proxy_config=proxy_file,
+            name=name,
+            **{"failure_backoff_seconds": 0.0, **options},
+        ),
         train=train,
     )
 

@@ -21,8 +21,9 @@ Command = Annotated[
     typer.Option(
         "--command",
         "-c",
-        help="training command for one run; it reads MIXOPT_WEIGHTS / MIXOPT_RUN_FILE and "
-        "writes its final metrics as JSON to MIXOPT_METRICS_FILE",
+        help="training command for one run, run in --workdir; it reads MIXOPT_WEIGHTS / "
+        "MIXOPT_RUN_FILE and writes its final metrics as JSON to MIXOPT_METRICS_FILE. Split "
+        "into arguments, not run by a shell: $VARS are not expanded unless --shell",
         show_default=False,
     ),
 ]
@@ -56,6 +57,38 @@ CheckpointDir = Annotated[
         show_default=False,
     ),
 ]
+Workdir = Annotated[
+    Path | None,
+    typer.Option(
+        help="directory the command runs in [default: the current directory]; each run also "
+        "gets a scratch directory of its own in MIXOPT_RUN_DIR",
+        show_default=False,
+    ),
+]
+Shell = Annotated[
+    bool,
+    typer.Option("--shell", help="run the command with /bin/sh -c ($VARS, pipes and && work)"),
+]
+MaxFailures = Annotated[
+    int,
+    typer.Option(
+        "--max-failures",
+        min=0,
+        help="stop after this many failed attempts in a row (0: never)",
+    ),
+]
+FailureBackoff = Annotated[
+    float,
+    typer.Option(
+        "--failure-backoff",
+        min=0,
+        help="seconds to wait after a failed attempt, doubling with each one in a row (at "
+        "most 300)",
+    ),
+]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="log every HTTP request and debug details")
+]
 LeaseSeconds = Annotated[int, typer.Option(min=10, max=86400)]
 PollSeconds = Annotated[float, typer.Option(min=0.1, help="wait when nothing is pending")]
 MaxRuns = Annotated[int | None, typer.Option(min=1, help="stop after this many runs")]
@@ -78,6 +111,10 @@ def worker_options(
     max_runs: int | None = None,
     exit_when_idle: bool = False,
     exit_when_done: bool = False,
+    workdir: Path | None = None,
+    shell: bool = False,
+    max_failures: int = 5,
+    failure_backoff: float = 5.0,
 ) -> WorkerOptions:
     """The flags as ``WorkerOptions``, or exit with what is inconsistent."""
     from mixopt.worker import WorkerOptions
@@ -98,6 +135,10 @@ def worker_options(
         max_runs=max_runs,
         exit_when_idle=exit_when_idle,
         exit_when_done=exit_when_done,
+        workdir=workdir,
+        shell=shell,
+        max_consecutive_failures=max_failures or None,
+        failure_backoff_seconds=failure_backoff,
     )
     try:
         options.check()
@@ -136,6 +177,11 @@ def worker(
             help="stop when no run is pending or running (others' runs may still come back)",
         ),
     ] = False,
+    workdir: Workdir = None,
+    shell: Shell = False,
+    max_failures: MaxFailures = 5,
+    failure_backoff: FailureBackoff = 5.0,
+    verbose: Verbose = False,
     stats_file: Annotated[
         Path | None, typer.Option(hidden=True, help="write the final counts here as JSON")
     ] = None,
@@ -147,7 +193,13 @@ def worker(
     import logging
     from dataclasses import asdict
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    if not verbose:
+        # httpx logs every request at INFO: half the output of a worker, none of it news.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     options = worker_options(
         command=command,
         corpus=corpus,
@@ -164,6 +216,10 @@ def worker(
         max_runs=max_runs,
         exit_when_idle=exit_when_idle,
         exit_when_done=exit_when_done,
+        workdir=workdir,
+        shell=shell,
+        max_failures=max_failures,
+        failure_backoff=failure_backoff,
     )
     with _api(url, token) as client:
         runner = build_or_exit(client, experiment_id, options)
@@ -177,6 +233,8 @@ def worker(
         f"worker done: {stats.completed} completed, {stats.failed} failed, "
         f"{stats.released} released"
     )
+    if stats.gave_up is not None:
+        raise _fail(f"{stats.gave_up}. Fix the command and start the worker again")
 
 
 def build_or_exit(client: MixoptClient, experiment_id: str, options: WorkerOptions) -> Worker:

@@ -181,9 +181,10 @@ def test_command_is_not_run_by_a_shell_unless_asked(
     )
     eid = experiment(store, 2, max_attempts=1)
     line = f"{sys.executable} {script} $MIXOPT_METRICS_FILE"
-    plain = Worker(client, eid, CommandTrainer(line), name="w", failure_backoff_seconds=0)
-    assert plain.run(max_runs=1).failed == 1  # "$MIXOPT_METRICS_FILE" reached it literally
-    shelled = Worker(client, eid, CommandTrainer(line, shell=True), name="w")
+    plain = CommandTrainer(line, workdir=tmp_path)
+    assert Worker(client, eid, plain, name="w", failure_backoff_seconds=0).run(max_runs=1).failed
+    assert (tmp_path / "$MIXOPT_METRICS_FILE").exists()  # the name reached it literally
+    shelled = Worker(client, eid, CommandTrainer(line, workdir=tmp_path, shell=True), name="w")
     assert shelled.run(max_runs=1).completed == 1
     assert sorted(run.status for run in store.iter_runs(eid)) == ["completed", "failed"]
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.optimize import minimize
 
 from mixers.base import DomainSpace
 from mixers.online.base import Feedback, OnlineMixer, State
@@ -52,14 +53,64 @@ TOTAL_STEPS = 2000
 FALLBACK_SEGMENT = 100
 
 
+@dataclass(frozen=True)
+class World:
+    """A hidden truth: per-domain power laws in the effective data ``transfer @ steps``."""
+
+    names: tuple[str, ...]
+    transfer: NDArray[np.float64]
+    floor: NDArray[np.float64]
+    scale: NDArray[np.float64]
+    noise: NDArray[np.float64]
+    exponent: NDArray[np.float64]
+    half_steps: float = 100.0
+
+    @property
+    def eval_noise(self) -> NDArray[np.float64]:
+        out: NDArray[np.float64] = self.noise / 20
+        return out
+
+    def held_out(self, steps_per_domain: NDArray[np.float64]) -> NDArray[np.float64]:
+        effective = self.transfer @ steps_per_domain
+        loss: NDArray[np.float64] = (
+            self.floor + self.scale * (1.0 + effective / self.half_steps) ** -self.exponent
+        )
+        return loss
+
+    def space(self) -> DomainSpace:
+        return DomainSpace.from_domains([{"name": n} for n in self.names])
+
+
+WORLD = World(NAMES, TRANSFER, FLOOR, SCALE, NOISE, np.full(len(NAMES), 0.5))
+
+
+def random_world(seed: int, k: int) -> World:
+    """Another hidden truth of the same kind, drawn from ``seed``: ``k - 1`` useful domains with
+    random sparse transfer (one of them broad), exponents 0.3-0.8, and a last domain that is
+    useless and noisy, as in ``WORLD``."""
+    rng = np.random.default_rng([seed, k])
+    useful = k - 1
+    transfer = np.eye(k)
+    mask = rng.random((useful, useful)) < 0.4
+    transfer[:useful, :useful] += mask * rng.uniform(0.05, 0.5, (useful, useful))
+    broad = int(rng.integers(useful))
+    transfer[:useful, broad] = np.maximum(transfer[:useful, broad], rng.uniform(0.2, 0.5, useful))
+    np.fill_diagonal(transfer, 1.0)
+    transfer[-1, -1] = 0.3
+    floor = rng.uniform(1.0, 2.5, k)
+    scale = np.append(rng.uniform(1.0, 3.0, useful), 0.3)
+    noise = np.append(np.full(useful, 0.02), 0.3)
+    exponent = np.append(rng.uniform(0.3, 0.8, useful), 0.5)
+    names = (*(f"d{i}" for i in range(useful)), "noise")
+    return World(names, transfer, floor, scale, noise, exponent, float(rng.uniform(50, 200)))
+
+
 def space() -> DomainSpace:
-    return DomainSpace.from_domains([{"name": n} for n in NAMES])
+    return WORLD.space()
 
 
 def held_out(steps_per_domain: NDArray[np.float64]) -> NDArray[np.float64]:
-    effective = TRANSFER @ steps_per_domain
-    loss: NDArray[np.float64] = FLOOR + SCALE * (1.0 + effective / 100.0) ** -0.5
-    return loss
+    return WORLD.held_out(steps_per_domain)
 
 
 @dataclass
@@ -76,10 +127,14 @@ class Result:
 
 
 def simulate(
-    mixer: OnlineMixer[Any], seed: int, total_steps: int = TOTAL_STEPS, keep_states: bool = False
+    mixer: OnlineMixer[Any],
+    seed: int,
+    total_steps: int = TOTAL_STEPS,
+    keep_states: bool = False,
+    world: World = WORLD,
 ) -> Result:
     """Train ``total_steps`` steps under the mixer's decisions; feedback after every segment."""
-    sp = space()
+    sp = world.space()
     rng = np.random.default_rng(seed)
     state = mixer.init_state(sp, seed)
     steps = np.zeros(sp.k)
@@ -92,21 +147,21 @@ def simulate(
         length = min(decision.train_steps or FALLBACK_SEGMENT, total_steps - done)
         steps = steps + weights * length
         done += length
-        loss = held_out(steps)
+        loss = world.held_out(steps)
         feedback = Feedback(
             step=done,
-            train_losses=sp.to_dict(loss + rng.normal(0.0, NOISE)),
-            eval_losses=sp.to_dict(loss + rng.normal(0.0, EVAL_NOISE)),
+            train_losses=sp.to_dict(loss + rng.normal(0.0, world.noise)),
+            eval_losses=sp.to_dict(loss + rng.normal(0.0, world.eval_noise)),
             tokens={
                 n: round(float(w) * length * TOKENS_PER_STEP)
-                for n, w in zip(NAMES, weights, strict=True)
+                for n, w in zip(world.names, weights, strict=True)
             },
         )
         state = mixer.observe(sp, state, feedback)
         if keep_states:
             states.append(state)
     return Result(
-        final_losses=held_out(steps),
+        final_losses=world.held_out(steps),
         mean_weights=steps / steps.sum(),
         final_weights=np.asarray(weights),
         recommended=mixer.recommend(sp, state),
@@ -114,6 +169,22 @@ def simulate(
     )
 
 
-def reference_losses(total_steps: int = TOTAL_STEPS) -> dict[str, float]:
+def reference_losses(total_steps: int = TOTAL_STEPS, world: World = WORLD) -> dict[str, float]:
     """DoReMi's reference: the final held-out losses of a stratified (uniform) run."""
-    return space().to_dict(held_out(np.full(len(NAMES), total_steps / len(NAMES))))
+    k = len(world.names)
+    return world.space().to_dict(world.held_out(np.full(k, total_steps / k)))
+
+
+def best_static(world: World = WORLD, total_steps: int = TOTAL_STEPS) -> float:
+    """The lowest final average held-out loss any fixed mixture reaches (numerically)."""
+    k = len(world.names)
+
+    def loss(z: NDArray[np.float64]) -> float:
+        w = np.exp(z - z.max())
+        return float(world.held_out(w / w.sum() * total_steps).mean())
+
+    starts = [np.zeros(k), *np.random.default_rng(0).normal(0.0, 1.0, (4, k))]
+    return min(
+        float(minimize(loss, z, method="Nelder-Mead", options={"maxiter": 4000}).fun)
+        for z in starts
+    )

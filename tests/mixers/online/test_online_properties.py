@@ -51,15 +51,32 @@ def method_configs(name: str, space: DomainSpace) -> list[dict[str, Any]]:
         return [{}, {"warmup_steps": 0, "init": "prior", "smoothing": 0.5}]
     if name == "aioli":
         return [{}, {"lp_rounds": 1, "lp_steps": 2, "ema": 0.5, "segment_steps": None}]
+    if name == "curves":
+        return [
+            {},
+            {
+                "signal": "train",
+                "target": {space.names[0]: 1.0},
+                "total_steps": 3000,
+                "base": "prior",
+                "explore": 0.0,
+                "warmup_rounds": 1,
+            },
+        ]
     return [{}]
 
 
-CASES = [
-    pytest.param(cls, config, space_name, id=f"{cls.name}-{i}-{space_name}")
-    for cls in online_methods()
-    for space_name, make in SPACES.items()
-    for i, config in enumerate(method_configs(cls.name, make()))
-]
+# Methods that fit a model at every feedback: their hypothesis runs belong to the slow tier.
+FITTING = {"curves"}
+CASES = []
+PROPERTY_CASES = []
+for cls in online_methods():
+    for space_name, make_space in SPACES.items():
+        for i, config in enumerate(method_configs(cls.name, make_space())):
+            case_id = f"{cls.name}-{i}-{space_name}"
+            CASES.append(pytest.param(cls, config, space_name, id=case_id))
+            marks = [pytest.mark.slow] if cls.name in FITTING else []
+            PROPERTY_CASES.append(pytest.param(cls, config, space_name, id=case_id, marks=marks))
 
 
 def make(
@@ -101,7 +118,7 @@ def feedback_lists(draw: st.DrawFn, names: tuple[str, ...], max_size: int = 24) 
     return out
 
 
-@pytest.mark.parametrize(("cls", "config", "space_name"), CASES)
+@pytest.mark.parametrize(("cls", "config", "space_name"), PROPERTY_CASES)
 @PROPERTY
 @given(data=st.data(), seed=st.integers(min_value=0, max_value=2**63 - 1))
 def test_online_mixers_are_deterministic_json_pure_and_resume_to_the_same_state(
@@ -146,6 +163,6 @@ def test_every_online_method_passes_the_conformance_check(
     check_online_mixer(cls, config, SPACES[space_name]())
 
 
-def test_the_five_builtin_online_methods_are_registered() -> None:
+def test_the_builtin_online_methods_are_registered() -> None:
     names = {cls.name for cls in methods() if cls.mode == "online"}
-    assert {"stratified", "fixed", "odm", "doremi", "aioli"} <= names
+    assert {"stratified", "fixed", "odm", "doremi", "aioli", "curves"} <= names

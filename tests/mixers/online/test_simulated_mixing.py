@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+import pytest
 
 from mixers import online_method
 from mixers.online.base import OnlineMixer
@@ -59,3 +60,41 @@ def test_aioli_beats_stratified_on_average() -> None:
 def test_aioli_recommends_its_exploit_weights() -> None:
     for result in results("aioli"):
         assert result.recommended.max() < 0.4  # a tilt, never a perturbation (0.5 on one)
+
+
+# --- curves: per-domain learning curves with transfer, fitted online ---------------------------
+
+
+def head_room_captured(world: simulator.World, seeds: range) -> list[float]:
+    """Per seed: the share of the best static mixture's gain over stratified that a curves run
+    reaches within the run."""
+    best = simulator.best_static(world)
+    out = []
+    for seed in seeds:
+        stratified = simulate(mixer("stratified"), seed, world=world).score
+        curves = online_method("curves").from_config({})
+        curves.check_space(world.space())
+        out.append((stratified - simulate(curves, seed, world=world).score) / (stratified - best))
+    return out
+
+
+@pytest.mark.slow
+def test_curves_captures_most_of_the_head_room_and_never_loses_to_stratified() -> None:
+    captured = head_room_captured(simulator.WORLD, SEEDS)
+    assert np.mean(captured) >= 0.5
+    assert min(captured) > 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("world_seed", "k"), [(1, 4), (3, 8), (5, 10)])
+def test_curves_captures_half_the_head_room_on_other_worlds(world_seed: int, k: int) -> None:
+    captured = head_room_captured(simulator.random_world(world_seed, k), range(3))
+    assert np.mean(captured) >= 0.5
+    assert min(captured) > 0.0
+
+
+def test_curves_recommends_the_least_weight_for_the_useless_domain() -> None:
+    result = simulate(mixer("curves"), 0)
+    useless = NAMES.index(USELESS)
+    assert result.recommended[useless] == result.recommended.min()
+    assert result.recommended[useless] <= 0.05

@@ -264,7 +264,8 @@ def plan_weights(
     if not np.all(np.isfinite(w)) or w.sum() <= 0:
         return w0
     w = w / w.sum()
-    if objective(w)[0] > objective(w0)[0]:
+    # No predicted gain worth the move (a flat or unidentified model): stay where we are.
+    if objective(w)[0] > objective(w0)[0] - 1e-6 * abs(objective(w0)[0]):
         return w0
     out: FloatArray = w
     return out

@@ -48,16 +48,12 @@ Only ``mixopt.client`` talks to the service: a worker needs no database and no s
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import shlex
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 import traceback
@@ -71,6 +67,8 @@ import httpx
 
 from mixopt import schemas
 from mixopt.client import ConflictError, MixoptAPIError, MixoptClient
+from mixopt.worker.command import CommandTrainer
+from mixopt.worker.run import RunContext, RunOutcome, RunTrainer
 
 if TYPE_CHECKING:
     from proxy_trainer.config import ProxyConfig
@@ -112,79 +110,6 @@ class WorkerStats:
     released: int = 0
     gave_up: str | None = None
     """Why the worker stopped early (too many failures in a row), or None."""
-
-
-# --- what a run trainer sees and returns -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """How one training attempt ended: ``metrics`` (completed), ``failure`` (the reason), or
-    neither (stopped before the end: released, or nothing if the lease was lost)."""
-
-    metrics: Mapping[str, float] | None = None
-    failure: str | None = None
-    after_complete: Callable[[], None] | None = None
-    """Called once the service stored the completion (e.g. delete the run's checkpoint: until
-    then a redelivered run may still need it)."""
-
-    @classmethod
-    def completed(
-        cls, metrics: Mapping[str, float], after_complete: Callable[[], None] | None = None
-    ) -> RunOutcome:
-        return cls(metrics=dict(metrics), after_complete=after_complete)
-
-    @classmethod
-    def failed(cls, reason: str) -> RunOutcome:
-        return cls(failure=reason)
-
-    @classmethod
-    def stopped(cls) -> RunOutcome:
-        return cls()
-
-
-class RunContext:
-    """A claimed run as its trainer sees it: whether to stop, the client, progress logging."""
-
-    def __init__(
-        self,
-        run: schemas.Run,
-        client: MixoptClient,
-        worker_name: str,
-        stop: threading.Event,
-        lease_lost: threading.Event,
-    ) -> None:
-        self.run = run
-        self.client = client
-        self.worker_name = worker_name
-        self._stop = stop
-        self._lease_lost = lease_lost
-        self._last_progress = time.monotonic()
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
-
-    @property
-    def lease_lost(self) -> bool:
-        return self._lease_lost.is_set()
-
-    def should_stop(self) -> bool:
-        return self._stop.is_set() or self._lease_lost.is_set()
-
-    def progress(self, step: int, total: int) -> None:
-        # At most one line every 30 s: a log per step would drown the worker's output.
-        now = time.monotonic()
-        if now - self._last_progress >= 30 or step == total:
-            self._last_progress = now
-            log.info("run %s: step %d/%d", self.run.id, step, total)
-
-
-class RunTrainer(Protocol):
-    """Trains one claimed run; the worker heartbeats meanwhile and reports the outcome. An
-    exception fails the attempt with its message (connection errors leave it to the lease)."""
-
-    def __call__(self, run: schemas.Run, context: RunContext) -> RunOutcome: ...
 
 
 # --- the worker --------------------------------------------------------------------------------
@@ -366,126 +291,6 @@ def default_name() -> str:
     import socket
 
     return f"{socket.gethostname()}/{os.getpid()}"
-
-
-# --- a command per run -------------------------------------------------------------------------
-
-
-class CommandTrainer:
-    """Runs ``command`` for each run (see the module doc for its environment): in ``workdir``
-    (default: the current directory when the trainer is made), through ``/bin/sh -c`` if
-    ``shell``, else split into arguments with ``shlex`` and run directly."""
-
-    def __init__(
-        self, command: str, *, workdir: str | Path | None = None, shell: bool = False
-    ) -> None:
-        self.command = command
-        self.argv = shlex.split(command)
-        if not self.argv:
-            raise ValueError("the command is empty")
-        self.shell = shell
-        self.workdir = Path(workdir).resolve() if workdir is not None else Path.cwd()
-        if not self.workdir.is_dir():
-            raise ValueError(f"--workdir {self.workdir} is not a directory")
-
-    def __call__(self, run: schemas.Run, context: RunContext) -> RunOutcome:
-        with tempfile.TemporaryDirectory(prefix=f"mixopt-run-{run.id}-") as scratch:
-            metrics_file = Path(scratch) / "metrics.json"
-            run_file = Path(scratch) / "run.json"
-            run_file.write_text(run.model_dump_json(indent=2))
-            env = {
-                **os.environ,
-                "MIXOPT_RUN_ID": run.id,
-                "MIXOPT_EXPERIMENT_ID": run.experiment_id,
-                "MIXOPT_RUN_DIR": scratch,
-                "MIXOPT_WEIGHTS": json.dumps(run.weights),
-                "MIXOPT_RUN_FILE": str(run_file),
-                "MIXOPT_METRICS_FILE": str(metrics_file),
-                "MIXOPT_URL": context.client.base_url,
-            }
-            if context.client.token:
-                env["MIXOPT_TOKEN"] = context.client.token
-            log.info("run %s: %s (in %s)", run.id, self.command, self.workdir)
-            try:
-                # A session of its own: stopping the run stops everything the command started
-                # (a shell's children too), and a terminal's Ctrl-C reaches the worker only.
-                process = subprocess.Popen(
-                    ["/bin/sh", "-c", self.command] if self.shell else self.argv,
-                    env=env,
-                    cwd=self.workdir,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                return RunOutcome.failed(f"could not start {self.argv[0]!r}: {exc}")
-            stderr_tail: list[str] = []
-            reader = threading.Thread(target=_keep_tail, args=(process, stderr_tail), daemon=True)
-            reader.start()
-            try:
-                while process.poll() is None:
-                    if _wait_exit(process, 0.2):
-                        break
-                    if context.should_stop():
-                        _terminate(process)
-            finally:
-                _terminate(process)  # on KeyboardInterrupt too: never leave the command behind
-            reader.join(timeout=10)
-            code = process.returncode
-            if code == 0:
-                metrics, problem = _read_metrics(metrics_file)
-                if problem is not None:
-                    return RunOutcome.failed(problem)
-                return RunOutcome.completed(metrics)
-            if context.should_stop():
-                return RunOutcome.stopped()
-            return RunOutcome.failed(f"exit code {code}: {''.join(stderr_tail)[-2000:].strip()}")
-
-
-def _read_metrics(path: Path) -> tuple[dict[str, float], str | None]:
-    """The command's final metrics, or the reason they cannot be used."""
-    if not path.exists():
-        return {}, f"the command exited 0 but wrote no metrics to {path.name}"
-    try:
-        raw = json.loads(path.read_text())
-    except ValueError as exc:
-        return {}, f"{path.name} is not JSON: {exc}"
-    if not isinstance(raw, dict) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-        for v in raw.values()
-    ):
-        return {}, f"{path.name} must be a JSON object of finite numbers"
-    return {str(k): float(v) for k, v in raw.items()}, None
-
-
-def _keep_tail(process: subprocess.Popen[str], tail: list[str], keep: int = 50) -> None:
-    assert process.stderr is not None
-    for line in process.stderr:
-        tail.append(line)
-        del tail[:-keep]
-
-
-def _wait_exit(process: subprocess.Popen[str], seconds: float) -> bool:
-    try:
-        process.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        return False
-    return True
-
-
-def _terminate(process: subprocess.Popen[str], grace: float = 10.0) -> None:
-    """SIGTERM the command's process group, SIGKILL it after ``grace`` seconds."""
-    if process.poll() is not None:
-        return
-    _signal_group(process, signal.SIGTERM)
-    if not _wait_exit(process, grace):
-        _signal_group(process, signal.SIGKILL)
-        process.wait()
-
-
-def _signal_group(process: subprocess.Popen[str], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-        os.killpg(process.pid, signum)
 
 
 # --- streaming metric points -------------------------------------------------------------------

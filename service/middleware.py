@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -17,20 +18,25 @@ class BodyLimitMiddleware:
     """Refuse bodies over ``max_bytes`` with a 413 problem before the app parses anything.
 
     The body is read (up to the limit) and replayed to the app, so a chunked upload without a
-    Content-Length is capped the same way as one that declares its size.
+    Content-Length is capped the same way as one that declares its size. ``per_path`` gives
+    some paths a limit of their own (an experiment archive is bigger than any other body).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, per_path: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = dict(per_path or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.per_path.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._too_large(scope, receive, send, limit)
             return
         chunks: list[bytes] = []
         size = 0
@@ -40,8 +46,8 @@ class BodyLimitMiddleware:
                 return
             body = message.get("body", b"")
             size += len(body)
-            if size > self.max_bytes:
-                await self._too_large(scope, receive, send)
+            if size > limit:
+                await self._too_large(scope, receive, send, limit)
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -57,10 +63,10 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         response = problem_response(
             413,
-            f"the request body is over the limit of {self.max_bytes} bytes",
+            f"the request body is over the limit of {limit} bytes",
             slug="too-large",
             headers={"Connection": "close"},
         )

@@ -48,6 +48,12 @@ def required_scope(method: str, path: str) -> str | None:
     relative = path[len(API) :]
     if relative == "/tokens" or relative.startswith("/tokens/"):
         return "admin"
+    # Moving experiments between stores (issue 14): an export holds the mixer state and the
+    # stored models too, an import creates an experiment.
+    if method == "GET" and re.fullmatch(r"/experiments/\{[^/]+\}/export", relative):
+        return "admin"
+    if method == "POST" and relative == "/experiments/import":
+        return "admin"
     if method == "GET":
         return "read"
     if method == "POST" and re.fullmatch(r"/experiments/\{[^/]+\}/predict", relative):

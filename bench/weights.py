@@ -9,6 +9,11 @@ connections request as fast as they can for the given time: requests/s and p50/p
 Then feedback per second from one trainer (sequential, as a trainer posts it). Uses wrk for the
 GETs when it is installed, else an asyncio httpx load generator (the same one for all three, so
 the ratios compare like with like).
+
+With ``--fit-domains 64`` a last phase polls the weights again while a fit (``--fit-model``, on
+``--fit-runs`` runs of an offline experiment with that many domains) runs in the background:
+the polls' p50/p99 next to the idle ones, and the fit's wall time. ``--fit-workers 0`` serves
+with fits in the server's threads (as before the fit pool), for comparison.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 # Run as a script (python bench/x.py): the repository root is what imports resolve against.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -78,9 +84,15 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--feedback", type=int, default=300, help="feedback posts to time")
+    parser.add_argument("--fit-domains", type=int, default=0, help="0: no fit phase")
+    parser.add_argument("--fit-runs", type=int, default=512)
+    parser.add_argument("--fit-model", default="auto")
+    parser.add_argument("--fit-workers", type=int, default=None, help="mixopt serve's")
     args = parser.parse_args()
 
-    with bench_server() as server:
+    serve_args = [] if args.fit_workers is None else ["--fit-workers", str(args.fit_workers)]
+    fit_phase: tuple[tuple[float, ...], float, bool] | None = None
+    with bench_server(*serve_args) as server:
         auth = {"Authorization": f"Bearer {server.token}"}
         results: dict[str, tuple[float, ...]] = {}
         with httpx.Client(base_url=server.url, headers=auth, timeout=60) as http:
@@ -124,6 +136,8 @@ def main() -> None:
                 )
                 response.raise_for_status()
             feedback_rate = args.feedback / (time.perf_counter() - start)
+            if args.fit_domains:
+                fit_phase = while_fitting(http, server.url, weights_path, auth, args)
 
     tool = "wrk" if shutil.which("wrk") else "asyncio httpx"
     print(f"{args.connections} connections, {args.seconds:g} s each, load from {tool}")
@@ -133,6 +147,65 @@ def main() -> None:
     print(f"ratio weights/healthz: {results['weights'][0] / base:.2f}")
     print(f"ratio weights 304/healthz: {results['weights 304'][0] / base:.2f}")
     print(f"feedback: {feedback_rate:,.0f} /s (one trainer, sequential, stratified mixer)")
+    if fit_phase is not None:
+        (rate, p50, p99), fit_seconds, during = fit_phase
+        print(
+            f"weights while fitting: {rate:8,.0f} req/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms "
+            f"({args.fit_model} on {args.fit_runs} runs of {args.fit_domains} domains: "
+            f"{fit_seconds:.1f} s{'' if during else '; it ended before the polls did'})"
+        )
+
+
+def while_fitting(
+    http: httpx.Client,
+    url: str,
+    weights_path: str,
+    auth: dict[str, str],
+    args: argparse.Namespace,
+) -> tuple[tuple[float, ...], float, bool]:
+    """Weights polls (rate, p50, p99) for ``args.seconds`` from the start of a background fit,
+    the fit's wall time, and whether it still ran when the polls stopped (pick ``--seconds``
+    shorter than the fit)."""
+    rng = np.random.default_rng(0)
+    domains = [f"d{i}" for i in range(args.fit_domains)]
+    experiment = http.post(
+        "/api/v1/experiments",
+        json={
+            "name": "fit-bench",
+            "method": "regmix",
+            "domains": [{"name": d} for d in domains],
+            "objective": {"metrics": {"loss": 1.0}},
+        },
+    ).json()
+    coefficients = rng.normal(size=len(domains))
+    runs = []
+    for _ in range(args.fit_runs):
+        w = rng.dirichlet(np.full(len(domains), 0.3))
+        loss = 3.0 + float(w @ coefficients) + float(rng.normal(0, 0.01))
+        runs.append(
+            {"weights": dict(zip(domains, w.tolist(), strict=True)), "metrics": {"loss": loss}}
+        )
+    http.post(
+        f"/api/v1/experiments/{experiment['id']}/runs/batch", json={"runs": runs}
+    ).raise_for_status()
+    start = time.perf_counter()
+    started = http.post(
+        f"/api/v1/experiments/{experiment['id']}/fit",
+        json={"model": args.fit_model, "wait": False},
+    )
+    started.raise_for_status()
+    if started.status_code != 202:
+        raise RuntimeError(f"the server fitted before answering: {started.status_code}")
+    if shutil.which("wrk"):  # the tool the idle polls were measured with
+        polls = wrk(url + weights_path, auth, args.connections, args.seconds)
+    else:
+        polls = asyncio.run(hammer(url, weights_path, auth, args.connections, args.seconds))
+    fit_path = f"/api/v1/fits/{started.json()['id']}"
+    during = running = http.get(fit_path).json()["status"] == "running"
+    while running:
+        time.sleep(0.2)
+        running = http.get(fit_path).json()["status"] == "running"
+    return polls, time.perf_counter() - start, during
 
 
 if __name__ == "__main__":

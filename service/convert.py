@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 from mixers import DomainSpace
@@ -76,9 +77,19 @@ def token_out(record: TokenRecord) -> schemas.Token:
     )
 
 
-def fit_out(record: FitRecord) -> schemas.FitReport:
+def fit_out(record: FitRecord, *, stage: str | None = None) -> schemas.FitReport:
+    """A stored fit; ``stage``: what a running fit is doing, if this process knows better than
+    the store (the stage stored at the last heartbeat)."""
+    progress = None
+    if record.started_at is not None:
+        end = record.finished_at or datetime.now(UTC)
+        progress = schemas.FitProgress(
+            elapsed_seconds=max(0.0, (end - record.started_at).total_seconds()),
+            stage=(stage or record.stage) if record.status == "running" else None,
+        )
     return schemas.FitReport.model_validate(
         {
+            "cv": {"folds": 0},  # a running or failed fit has no report yet
             **record.report,
             "id": record.id,
             "experiment_id": record.experiment_id,
@@ -86,6 +97,11 @@ def fit_out(record: FitRecord) -> schemas.FitReport:
             "requested": record.requested,
             "n_runs": record.n_runs,
             "fitted_at": record.fitted_at,
+            "status": record.status,
+            "reason": record.reason,
+            "started_at": record.started_at,
+            "finished_at": record.finished_at,
+            "progress": progress,
         }
     )
 

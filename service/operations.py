@@ -7,6 +7,7 @@ a new one is a module in ``mixers`` and its registration.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Iterator, Mapping
@@ -14,20 +15,22 @@ from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from mixers import DomainSpace, ExperimentSetup, Observation, RunSummary, methods
 from mixers.backtest import BacktestPlan
-from mixers.fitting import Fit, check_model
+from mixers.fitting import Fit, check_model, usable_runs
 from mixers.offline.base import OfflineMixer
 from mixers.online import Feedback, OnlineMixer
-from mixers.persistence import FIT_FORMAT, UnreadableFit, dump_fit, load_fit
+from mixers.persistence import UnreadableFit, load_fit
 from mixers.registry import get_method, offline_method, online_method
 from mixopt import schemas
 from mixopt.errors import Conflict, ErrorItem, Gone, InvalidInput
 from mixopt.runs_csv import write_runs
-from service.convert import backtest_out, fit_out, fit_report, recommendation_out
+from service.convert import backtest_out, fit_out
+from service.fit_runner import FitJob, FitRunner
 from service.store import ExperimentRecord, NewExperiment, NewRun, RunRecord, Store
-from service.store.base import NewFit, NewOnlineRun, NewVersion, StaleVersion, WeightsRecord
+from service.store.base import FitRecord, NewOnlineRun, NewVersion, StaleVersion, WeightsRecord
 
 __all__ = ["Operations", "objective_value", "space_of"]
 
@@ -64,9 +67,31 @@ def _online_mixer(experiment: ExperimentRecord) -> OnlineMixer[Any]:
     return online_method(experiment.method).from_config(experiment.config)
 
 
+def _checked_import(
+    space: DomainSpace, mixer: OfflineMixer[Any], body: schemas.RunImport, *loc: str | int
+) -> NewRun:
+    """An imported run as the store takes it, once its weights and params fit the experiment;
+    ``InvalidInput`` located under ``loc`` (the body, or the body's row) otherwise."""
+    space.validate_weights(body.weights, loc=(*loc, "weights"))
+    try:
+        mixer.check_params(space, body.params)
+    except InvalidInput as exc:
+        raise exc.prefixed(*loc) from None
+    return NewRun(
+        weights=body.weights,
+        params=body.params,
+        tags=body.tags,
+        metrics=body.metrics,
+        status=body.resolved_status,
+        external_id=body.external_id,
+    )
+
+
 class Operations:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, fits: FitRunner | None = None) -> None:
         self.store = store
+        # Without a runner of the app's (a script's Operations), fits run in this process.
+        self.fits = fits or FitRunner(store, workers=0)
         self._fits: dict[str, Fit] = {}
 
     # --- experiments ---
@@ -212,23 +237,44 @@ class Operations:
     def _import_run(
         self, experiment: ExperimentRecord, body: schemas.RunImport
     ) -> tuple[RunRecord, bool]:
-        space = space_of(experiment)
-        space.validate_weights(body.weights, loc=("body", "weights"))
-        try:
-            _offline_mixer(experiment).check_params(space, body.params)
-        except InvalidInput as exc:
-            raise exc.prefixed("body") from None
-        return self.store.import_run(
-            experiment.id,
-            NewRun(
-                weights=body.weights,
-                params=body.params,
-                tags=body.tags,
-                metrics=body.metrics,
-                status=body.resolved_status,
-                external_id=body.external_id,
-            ),
-        )
+        new_run = _checked_import(space_of(experiment), _offline_mixer(experiment), body, "body")
+        return self.store.import_run(experiment.id, new_run)
+
+    def add_runs_batch(
+        self, experiment_id: str, body: schemas.RunBatch
+    ) -> tuple[list[RunRecord], int]:
+        """``POST /experiments/{id}/runs/batch``: every run checked as the single import checks
+        it (the errors of all rows at once), then stored all or nothing. Answers the runs in
+        the order of the body and how many were new."""
+        experiment = self._offline(experiment_id)
+        if experiment.status != "active":
+            raise Gone(f"experiment {experiment_id} is archived and accepts no new runs")
+        space, mixer = space_of(experiment), _offline_mixer(experiment)
+        new_runs: list[NewRun] = []
+        errors: list[ErrorItem] = []
+        first: dict[str, int] = {}
+        for i, run in enumerate(body.runs):
+            try:
+                new_runs.append(_checked_import(space, mixer, run, "body", "runs", i))
+            except InvalidInput as exc:
+                errors += exc.errors or [ErrorItem(("body", "runs", i), exc.detail)]
+            if run.external_id is None:
+                continue
+            j = first.setdefault(run.external_id, i)
+            other = body.runs[j]
+            if (other.weights, other.metrics) != (run.weights, run.metrics):
+                msg = f"external_id {run.external_id!r} is run {j}'s, with other weights or metrics"
+                errors.append(ErrorItem(("body", "runs", i, "external_id"), msg))
+        if errors:
+            bad = len({e.loc[:3] for e in errors})
+            where = ".".join(str(part) for part in errors[0].loc)
+            raise InvalidInput(
+                f"{bad} of {len(body.runs)} runs are invalid, nothing was imported "
+                f"(first: {where}: {errors[0].msg})",
+                errors,
+            )
+        answers = self.store.import_runs(experiment.id, new_runs)
+        return [record for record, _ in answers], sum(created for _, created in answers)
 
     def runs_csv(self, experiment_id: str) -> Iterator[str]:
         """Every run as CSV rows: ``weight/<domain>``, ``metric/<name>``, ``tag/<key>`` columns.
@@ -242,11 +288,28 @@ class Operations:
 
     # --- fits ---
 
-    def fit(self, experiment_id: str, body: schemas.FitRequest) -> schemas.FitReport:
-        """Cross-validate, refit, search the recommendation; store all of it in one fit.
+    async def fit(
+        self, experiment_id: str, body: schemas.FitRequest
+    ) -> tuple[schemas.FitReport, bool]:
+        """Start a fit (``FitRunner``: cross-validate, refit, search the recommendation; all of
+        it stored in one fit); the report and whether it is done.
 
-        CPU-bound: the route runs it in the thread pool, off the event loop.
+        With ``body.wait`` it is awaited (no thread is held) and a fit that fails raises its
+        problem; without, the running fit is answered at once. What can be checked before
+        starting is checked first either way: a 202 is only for fits expected to run.
         """
+        record, job = await run_in_threadpool(self._start_fit, experiment_id, body)
+        task = self.fits.launch(record, job)
+        if not body.wait:
+            return fit_out(record, stage=self.fits.stage(record.id)), False
+        try:
+            # Shielded: a client that goes away does not stop the fit (it is stored anyway).
+            done = await asyncio.shield(task)
+        except InvalidInput as exc:
+            raise exc.prefixed("body") from None
+        return fit_out(done), True
+
+    def _start_fit(self, experiment_id: str, body: schemas.FitRequest) -> tuple[FitRecord, FitJob]:
         try:  # the body before the state: an unknown model is 422 however many runs there are
             check_model(body.model)
         except InvalidInput as exc:
@@ -254,31 +317,18 @@ class Operations:
         experiment = self._offline(experiment_id)
         mixer = _offline_mixer(experiment)
         space = space_of(experiment)
-        history = self.history(experiment, space)
-        try:
-            fit = mixer.fit(space, history, body.model, direction=experiment.objective["direction"])
-        except InvalidInput as exc:
-            raise exc.prefixed("body") from None
-        rng = np.random.default_rng([mixer.config.seed or 0, fit.n_runs])
-        recommendation = recommendation_out(space, mixer.recommend(space, fit, rng))
-        try:
-            data: bytes | None = dump_fit(fit)
-        except TypeError as exc:  # a plug-in regressor without to_state()
-            log.warning("fit of experiment %s is stored without its model: %s", experiment_id, exc)
-            data = None
-        record = self.store.add_fit(
-            experiment.id,
-            NewFit(
-                model=fit.model,
-                requested=body.model,
-                n_runs=fit.n_runs,
-                report=fit_report(fit),
-                recommendation=recommendation.model_dump(mode="json", exclude={"fit_id", "run_id"}),
-                model_data=data,
-                model_format=None if data is None else FIT_FORMAT,
-            ),
+        history = tuple(self.history(experiment, space))
+        usable_runs(history, space.k)  # Conflict with too few, before the fit is stored
+        record = self.store.start_fit(experiment.id, body.model, self.fits.instance)
+        job = FitJob(
+            fit_id=record.id,
+            mixer=mixer,
+            space=space,
+            history=history,
+            model=body.model,
+            direction=experiment.objective["direction"],
         )
-        return fit_out(record)
+        return record, job
 
     def backtest(self, experiment_id: str, body: schemas.BacktestRequest) -> schemas.BacktestReport:
         """Replay the experiment's usable runs (``mixers.backtest``); CPU-bound, stores nothing."""

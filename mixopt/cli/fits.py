@@ -14,6 +14,7 @@ from mixopt.schemas import DEFAULT_URL
 
 if TYPE_CHECKING:
     from mixopt import schemas
+    from mixopt.client import MixoptClient
 
 
 def fit(
@@ -22,6 +23,9 @@ def fit(
         str, typer.Option(help="auto, lightgbm, linear, loglinear, mixing_law or gp")
     ] = "auto",
     top: Annotated[int, typer.Option(min=1, help="domains to show by importance")] = 20,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="print the started fit's id and return")
+    ] = False,
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
@@ -29,7 +33,16 @@ def fit(
     from rich.table import Table
 
     with _api(url, token) as client:
-        report = client.fit(experiment_id, model)
+        # Started without waiting, then followed: the request never outlives its timeout and
+        # the terminal shows how far the fit is.
+        report = client.fit(experiment_id, model, wait=False)
+        if no_wait:
+            typer.echo(report.id)
+            return
+        if report.status == "running":
+            report = _follow(client, report)
+    if report.status == "failed":
+        raise _fail(f"fit {report.id} failed: {report.reason}", 1)
     out = _console()
     out.print(
         f"fit {report.id}: {report.model} (requested {report.requested}) on {report.n_runs} runs"
@@ -62,6 +75,34 @@ def fit(
             f"run-to-run noise: std {_number(report.noise.std)} "
             f"from {report.noise.replicate_groups} groups of replicates"
         )
+
+
+def _follow(client: MixoptClient, report: schemas.FitReport) -> schemas.FitReport:
+    """Poll a running fit to its end with a progress line on stderr."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn(f"fit {report.id}: {{task.description}}", markup=False),
+        TimeElapsedColumn(),
+        console=_console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def show(polled: schemas.FitReport) -> None:
+            stage = polled.progress.stage if polled.progress else None
+            bar.update(task, description=stage or polled.status)
+
+        try:
+            return client.wait_for_fit(report.id, poll=1.0, on_progress=show)
+        except KeyboardInterrupt:
+            bar.stop()
+            raise _fail(
+                f"stopped following; fit {report.id} goes on on the server "
+                f"(GET /api/v1/fits/{report.id})",
+                130,
+            ) from None
 
 
 def _interval(predicted: schemas.Predicted | None) -> str:

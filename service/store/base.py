@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from mixopt.schemas import RunStatus
+from service.store.archive import ArchivedFit, ExperimentArchive
 
 __all__ = [
     "ExperimentRecord",
@@ -217,6 +218,12 @@ class FitRecord:
     report: dict[str, Any]
     recommendation: dict[str, Any] | None
     fitted_at: datetime
+    status: str = "completed"
+    """running, completed or failed (with a ``reason``)."""
+    reason: str | None = None
+    stage: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -313,6 +320,15 @@ class Store(ABC):
     def import_run(self, experiment_id: str, run: NewRun) -> tuple[RunRecord, bool]:
         """Insert one run; idempotent on ``external_id``: a known one returns (stored, False), or
         ``Conflict`` if its weights or metrics differ."""
+
+    @abstractmethod
+    def import_runs(
+        self, experiment_id: str, runs: Sequence[NewRun]
+    ) -> list[tuple[RunRecord, bool]]:
+        """Insert runs in one transaction, all or nothing, each idempotent on ``external_id``
+        as ``import_run``: a known one (or one repeated within ``runs``) answers (stored,
+        False); ``Conflict``, and nothing stored, if its weights or metrics differ. The answer
+        is in the order of ``runs``. ``Gone`` if archived."""
 
     @abstractmethod
     def get_run(self, run_id: str) -> RunRecord: ...
@@ -482,5 +498,52 @@ class Store(ABC):
 
     @abstractmethod
     def latest_fit(self, experiment_id: str) -> tuple[FitRecord, StoredModel | None] | None:
-        """The newest fit with its stored model (None if it has none), or None before any
-        fit."""
+        """The newest completed fit with its stored model (None if it has none), or None
+        before any completed fit."""
+
+    @abstractmethod
+    def start_fit(self, experiment_id: str, requested: str, owner: str) -> FitRecord:
+        """Store a running fit of ``requested`` run by the server instance ``owner``."""
+
+    @abstractmethod
+    def complete_fit(self, fit_id: str, fit: NewFit) -> FitRecord:
+        """Store a running fit's result; a fit that is no longer running (failed meanwhile)
+        is returned as it is."""
+
+    @abstractmethod
+    def fail_fit(self, fit_id: str, reason: str) -> FitRecord:
+        """Mark a running fit failed (a fit that is no longer running is left as it is)."""
+
+    @abstractmethod
+    def beat_fits(self, owner: str, stages: Mapping[str, str | None]) -> None:
+        """``owner`` is alive and running the fits ``stages`` names (id: what each does)."""
+
+    @abstractmethod
+    def fail_abandoned_fits(
+        self, reason: str, *, stale_seconds: float, owner: str | None = None
+    ) -> list[str]:
+        """Fail the running fits whose heartbeat is older than ``stale_seconds`` (and, with
+        ``owner``, every running fit of that owner); their ids."""
+
+    # --- moving experiments between stores ---
+    @abstractmethod
+    def export_experiment(self, experiment_id: str, origin: str) -> ExperimentArchive:
+        """The whole experiment as an archive named ``origin``, read in one snapshot."""
+
+    @abstractmethod
+    def imported_experiment(self, origin: str) -> tuple[ExperimentRecord, str | None] | None:
+        """The experiment imported from the archive ``origin``, with the content digest recorded
+        then; None if none was."""
+
+    @abstractmethod
+    def import_experiment(
+        self,
+        archive: ExperimentArchive,
+        *,
+        digest: str,
+        name: str | None = None,
+        relink: Callable[[ArchivedFit, Mapping[str, str]], ArchivedFit] | None = None,
+    ) -> tuple[ExperimentRecord, bool]:
+        """Write ``archive`` as a new experiment in one transaction (new ids; ``relink``
+        rewrites the run ids inside each fit). Idempotent on ``archive.origin``: a repeat
+        returns the experiment and False, or ``Conflict`` if its ``digest`` differs."""

@@ -92,6 +92,10 @@ class ExperimentRow(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     archived_at: Mapped[datetime | None]
+    # The archive an imported experiment came from (its ``origin``) and a digest of the
+    # archive's content: importing the same archive again finds this experiment.
+    imported_from: Mapped[str | None] = mapped_column(String(64), unique=True)
+    import_digest: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         # Names are unique among active experiments only: an archived name can be reused.
@@ -171,6 +175,16 @@ class FitRow(Base):
     # How model_blob is encoded; the store keeps the bytes and never decodes them.
     model_format: Mapped[str | None] = mapped_column(String(64))
     fitted_at: Mapped[datetime]
+    # A fit is stored when it starts (running), then completed or failed with a reason. The
+    # server instance running it (``owner``) beats ``heartbeat_at`` while it lives: a running
+    # fit whose heartbeat is stale was interrupted and is failed by whichever replica sees it.
+    status: Mapped[str] = mapped_column(String(16), server_default="completed")
+    reason: Mapped[str | None] = mapped_column(Text)
+    stage: Mapped[str | None] = mapped_column(String(200))
+    owner: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
 
 
 class MixerStateRow(Base):

@@ -167,7 +167,7 @@ def offline_experiment(
     ]
     best_run = _better(direction)(completed, key=lambda item: item[1]) if completed else None
     fits = store.list_fits(experiment.id, limit=100, cursor=None).items
-    latest = fits[0] if fits else None
+    latest = next((f for f in fits if f.status == "completed"), None)
     figures: dict[str, Any] = {}
     if completed:
         figures["parallel"] = charts.parallel_chart(

@@ -325,9 +325,10 @@ async def ui_fit(
     body: Annotated[schemas.FitRequest, Body()],
     x_csrf_token: Annotated[str | None, Header(alias=CSRF_HEADER)] = None,
 ) -> schemas.FitReport:
-    """Start a fit from the page; it runs in the thread pool while the page shows progress."""
+    """Start a fit from the page; it runs in a fit worker while the page shows progress."""
     await _ui_principal(request, "write", x_csrf_token or "")
-    return await run_in_threadpool(ops.fit, experiment_id, body)
+    report, _ = await ops.fit(experiment_id, body)
+    return report
 
 
 async def _ui_reader(request: Request) -> Principal:

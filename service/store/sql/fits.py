@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Row, insert, select
+from sqlalchemy import Row, insert, or_, select, update
 
 from mixopt.errors import NotFound
 from service.store.base import FitRecord, NewFit, Page, StoredModel
@@ -26,6 +28,11 @@ class FitStore(SqlStoreBase):
             report=row.report,
             recommendation=row.recommendation,
             fitted_at=row.fitted_at,
+            status=row.status,
+            reason=row.reason,
+            stage=row.stage,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
         )
 
     _FIT_COLUMNS = (
@@ -37,10 +44,16 @@ class FitStore(SqlStoreBase):
         FitRow.report,
         FitRow.recommendation,
         FitRow.fitted_at,
+        FitRow.status,
+        FitRow.reason,
+        FitRow.stage,
+        FitRow.started_at,
+        FitRow.finished_at,
     )
 
     def add_fit(self, experiment_id: str, fit: NewFit) -> FitRecord:
         eid = _parse_id(experiment_id, "experiment")
+        now = self._clock()
         with self._write() as conn:
             self._load_experiment(conn, eid)
             row = conn.execute(
@@ -56,11 +69,109 @@ class FitStore(SqlStoreBase):
                     ),
                     model_blob=fit.model_data,
                     model_format=fit.model_format,
-                    fitted_at=self._clock(),
+                    fitted_at=now,
+                    started_at=now,
+                    finished_at=now,
                 )
                 .returning(*self._FIT_COLUMNS)
             ).one()
         return self._fit(row)
+
+    def start_fit(self, experiment_id: str, requested: str, owner: str) -> FitRecord:
+        eid = _parse_id(experiment_id, "experiment")
+        now = self._clock()
+        with self._write() as conn:
+            self._load_experiment(conn, eid)
+            row = conn.execute(
+                insert(FitRow)
+                .values(
+                    experiment_id=eid,
+                    model=requested,
+                    requested=requested,
+                    n_runs=0,
+                    report={},
+                    recommendation=None,
+                    status="running",
+                    owner=owner,
+                    fitted_at=now,
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+                .returning(*self._FIT_COLUMNS)
+            ).one()
+        return self._fit(row)
+
+    def complete_fit(self, fit_id: str, fit: NewFit) -> FitRecord:
+        fid = _parse_id(fit_id, "fit")
+        now = self._clock()
+        with self._write() as conn:
+            row = conn.execute(
+                update(FitRow)
+                .where(FitRow.id == fid, FitRow.status == "running")
+                .values(
+                    model=fit.model,
+                    n_runs=fit.n_runs,
+                    report=dict(fit.report),
+                    recommendation=(
+                        dict(fit.recommendation) if fit.recommendation is not None else None
+                    ),
+                    model_blob=fit.model_data,
+                    model_format=fit.model_format,
+                    status="completed",
+                    stage=None,
+                    fitted_at=now,
+                    finished_at=now,
+                )
+                .returning(*self._FIT_COLUMNS)
+            ).first()
+        return self.get_fit(fit_id) if row is None else self._fit(row)
+
+    def fail_fit(self, fit_id: str, reason: str) -> FitRecord:
+        fid = _parse_id(fit_id, "fit")
+        now = self._clock()
+        with self._write() as conn:
+            row = conn.execute(
+                update(FitRow)
+                .where(FitRow.id == fid, FitRow.status == "running")
+                .values(status="failed", reason=reason, stage=None, finished_at=now)
+                .returning(*self._FIT_COLUMNS)
+            ).first()
+        return self.get_fit(fit_id) if row is None else self._fit(row)
+
+    def beat_fits(self, owner: str, stages: Mapping[str, str | None]) -> None:
+        if not stages:
+            return
+        now = self._clock()
+        with self._write() as conn:
+            for fit_id, stage in stages.items():
+                conn.execute(
+                    update(FitRow)
+                    .where(
+                        FitRow.id == _parse_id(fit_id, "fit"),
+                        FitRow.owner == owner,
+                        FitRow.status == "running",
+                    )
+                    .values(heartbeat_at=now, stage=None if stage is None else stage[:200])
+                )
+
+    def fail_abandoned_fits(
+        self, reason: str, *, stale_seconds: float, owner: str | None = None
+    ) -> list[str]:
+        now = self._clock()
+        abandoned = or_(
+            FitRow.heartbeat_at.is_(None),
+            FitRow.heartbeat_at < now - timedelta(seconds=stale_seconds),
+        )
+        if owner is not None:
+            abandoned = or_(abandoned, FitRow.owner == owner)
+        with self._write() as conn:
+            ids = conn.execute(
+                update(FitRow)
+                .where(FitRow.status == "running", abandoned)
+                .values(status="failed", reason=reason, stage=None, finished_at=now)
+                .returning(FitRow.id)
+            ).scalars()
+            return sorted(str(i) for i in ids)
 
     def get_fit(self, fit_id: str) -> FitRecord:
         fid = _parse_id(fit_id, "fit")
@@ -90,7 +201,7 @@ class FitStore(SqlStoreBase):
             self._load_experiment(conn, eid)
             row = conn.execute(
                 select(*self._FIT_COLUMNS, FitRow.model_blob, FitRow.model_format)
-                .where(FitRow.experiment_id == eid)
+                .where(FitRow.experiment_id == eid, FitRow.status == "completed")
                 .order_by(FitRow.id.desc())
                 .limit(1)
             ).first()

@@ -24,6 +24,7 @@ from pydantic import (
 __all__ = [
     "API_PREFIX",
     "DEFAULT_URL",
+    "MAX_RUN_BATCH",
     "NAME_PATTERN",
     "ClaimRequest",
     "CompleteRequest",
@@ -48,6 +49,8 @@ __all__ = [
     "ProposalRequest",
     "ReleaseRequest",
     "Run",
+    "RunBatch",
+    "RunBatchResult",
     "RunCounts",
     "RunImport",
     "RunList",
@@ -298,6 +301,21 @@ class RunImport(_Body):
         return "completed" if self.metrics else "pending"
 
 
+MAX_RUN_BATCH = 1000
+"""The most runs ``POST /experiments/{id}/runs/batch`` imports in one request."""
+
+
+class RunBatch(_Body):
+    """Runs to import at once (offline experiments), all or nothing."""
+
+    runs: list[RunImport] = Field(min_length=1, max_length=MAX_RUN_BATCH)
+
+
+class RunBatchResult(_Reply):
+    items: list[Run] = Field(description="the runs, in the order of the request")
+    new: int = Field(description="how many of them this call stored (the others were known)")
+
+
 class ProposalRequest(_Body):
     count: int = Field(ge=1, le=1000)
     request_id: RequestId | None = None
@@ -414,6 +432,11 @@ FitModel = Literal["auto", "lightgbm", "linear", "loglinear", "mixing_law", "gp"
 
 class FitRequest(_Body):
     model: Name = Field(default="auto", description="auto, or a regressor name")
+    wait: bool = Field(
+        default=True,
+        description="answer once the fit is done (200); false: answer 202 with the running "
+        "fit at once and poll GET /fits/{id}",
+    )
 
 
 class CvScores(_Reply):
@@ -440,7 +463,18 @@ class OutOfFold(_Reply):
     predicted: float
 
 
+FitStatus = Literal["running", "completed", "failed"]
+
+
+class FitProgress(_Reply):
+    elapsed_seconds: float = Field(description="since the fit started (to its end once done)")
+    stage: str | None = Field(default=None, description="what a running fit is doing")
+
+
 class FitReport(_Reply):
+    """A fit. Until ``status`` is ``completed`` its report fields are empty (``n_runs`` 0,
+    ``cv.folds`` 0)."""
+
     id: str
     experiment_id: str | None = None
     model: str
@@ -452,6 +486,11 @@ class FitReport(_Reply):
     importance: dict[str, float] = Field(default_factory=dict)
     noise: Noise = Field(default_factory=Noise)
     oof: list[OutOfFold] = Field(default_factory=list)
+    status: FitStatus = "completed"
+    reason: str | None = Field(default=None, description="why a failed fit failed")
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: FitProgress | None = None
 
 
 class BacktestRequest(_Body):

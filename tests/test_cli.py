@@ -358,12 +358,14 @@ def test_import_refuses_files_that_do_not_fit_the_experiment(
     many = write_csv(tmp_path / "many.csv", ["a", "b"], [[0.5, 0.5]] * 200)
     reader = mixopt_cli("runs", "import", eid, str(many), token=tokens.read, expect=1)
     assert "403" in reader.stderr
-    # The import stopped at the first refusal instead of sending every row to be refused.
+    # The import stopped at the first refusal instead of sending every row to be refused: the
+    # 200 rows went in one batch request, and none alone.
     exposition = httpx.get(f"{server.url}/metrics").text
-    refused = 'mixopt_http_requests_total{method="POST",route="add_run",status="403"}'
+    refused = 'mixopt_http_requests_total{method="POST",route="add_runs_batch",status="403"}'
     assert [line.split()[-1] for line in exposition.splitlines() if line.startswith(refused)] == [
         "1.0"
     ]
+    assert 'route="add_run"' not in exposition
     assert list(api.iter_runs(eid)) == []
 
 
@@ -380,6 +382,56 @@ def test_a_changed_file_conflicts_with_the_first_import(
     assert "index=2" in result.stderr
     assert "1 already present" in result.stdout
     assert sorted(r.metrics["loss"] for r in api.iter_runs(eid)) == [3.0, 3.5]
+
+
+def test_a_refused_batch_is_sent_again_row_by_row_so_the_other_rows_go_in(
+    mixopt_cli: Invoke,
+    api: MixoptClient,
+    tmp_path: Path,
+    server: ThreadedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    eid = create(api, tmp_path, mixopt_cli, experiment_spec("fallback", ["a", "b"], "loss"))
+    path = tmp_path / "runs.csv"
+    write_csv(path, ["index", "a", "b", "loss"], [[1, 0.5, 0.5, 3.0], [2, 0.4, 0.6, 3.5]])
+    mixopt_cli("runs", "import", eid, str(path))
+    rows = [[1, 0.5, 0.5, 3.0], [2, 0.4, 0.6, 3.25], [3, 0.3, 0.7, 3.1], [4, 0.2, 0.8, 3.2]]
+    write_csv(path, ["index", "a", "b", "loss"], rows)
+    with monkeypatch.context() as patched:
+        # As if the first import had committed after this one listed the stored runs: the
+        # changed row goes in the batch, whose 409 stores nothing.
+        patched.setattr(MixoptClient, "iter_runs", lambda *args, **kwargs: iter([]))
+        result = mixopt_cli("runs", "import", eid, str(path), expect=1)
+    assert "2 new, 1 already present" in result.stdout
+    assert "1 rows not imported" in result.stderr
+    line = next(line for line in result.stderr.splitlines() if "index=2" in line)
+    assert "already stored with other weights or metrics" in line
+    assert sorted(r.metrics["loss"] for r in api.iter_runs(eid)) == [3.0, 3.1, 3.2, 3.5]
+    exposition = httpx.get(f"{server.url}/metrics").text
+    counts = {
+        line.split("{")[1].split("}")[0]: line.split()[-1]
+        for line in exposition.splitlines()
+        if line.startswith("mixopt_http_requests_total{") and "add_run" in line
+    }
+    assert counts == {
+        'method="POST",route="add_runs_batch",status="201"': "1.0",  # the first import
+        'method="POST",route="add_runs_batch",status="409"': "1.0",
+        'method="POST",route="add_run",status="200"': "1.0",
+        'method="POST",route="add_run",status="201"': "2.0",
+        'method="POST",route="add_run",status="409"': "1.0",
+    }
+
+    # A row the schema refuses before sending: the others of its batch go in too.
+    export = write_csv(
+        tmp_path / "copy.csv",
+        ["run_id", "status", "weight/a", "weight/b", "metric/loss", "tag/note"],
+        [[1, "completed", 0.5, 0.5, 3.0, "ok"], [2, "completed", 0.4, 0.6, 3.5, "x" * 2000]],
+    )
+    copied = mixopt_cli("runs", "import", eid, str(export), expect=1)
+    assert "1 new, 0 already present" in copied.stdout
+    line = next(line for line in copied.stderr.splitlines() if "run_id=2" in line)
+    assert "tags" in line
+    assert len(list(api.iter_runs(eid))) == 5
 
 
 # --- fit and recommend: every part of the contract's example answers is shown -----------------
@@ -448,6 +500,55 @@ def test_fit_and_recommend_print_tables(scripted: list[httpx.Request]) -> None:
     assert "0.97" in shown.stdout
     as_json = runner.invoke(app, ["recommend", "1", "--json"], env=env)
     assert json.loads(as_json.stdout)["weights"] == {"web": 0.6, "code": 0.4}
+
+
+@pytest.fixture
+def running_fit(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A server whose fits answer 202 running, then poll running once before ``final``."""
+    script: dict[str, Any] = {"final": FIT, "polls": 0, "bodies": []}
+    running = {**FIT, "n_runs": 0, "cv": {"folds": 0}, "candidates": [], "status": "running",
+               "progress": {"elapsed_seconds": 0.5, "stage": "cross-validating auto"}}  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/fit"):
+            script["bodies"].append(json.loads(request.read()))
+            return httpx.Response(202, json=running)
+        script["polls"] += 1
+        return httpx.Response(200, json=running if script["polls"] == 1 else script["final"])
+
+    class Scripted(MixoptClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "transport": httpx.MockTransport(handler)})
+            self._sleep = lambda seconds: None
+
+    monkeypatch.setattr(mixopt.client, "MixoptClient", Scripted)
+    return script
+
+
+def test_fit_follows_a_running_fit_to_its_report(running_fit: dict[str, Any]) -> None:
+    fitted = CliRunner().invoke(app, ["fit", "1", "--token", "t"], env={"COLUMNS": "200"})
+    assert fitted.exit_code == 0, fitted.output
+    assert running_fit["bodies"] == [{"model": "auto", "wait": False}]
+    assert running_fit["polls"] == 2
+    assert "fit 5: lightgbm (requested auto) on 512 runs" in fitted.stdout
+    assert "lightgbm *" in fitted.stdout
+
+
+def test_fit_no_wait_prints_the_id_and_a_failed_fit_is_an_error(
+    running_fit: dict[str, Any],
+) -> None:
+    runner = CliRunner()
+    started = runner.invoke(app, ["fit", "1", "--no-wait", "--token", "t"])
+    assert started.exit_code == 0, started.output
+    assert started.stdout == "5\n" and running_fit["polls"] == 0
+    running_fit["final"] = {
+        **FIT,
+        "status": "failed",
+        "reason": "every usable run has the same mixture",
+    }
+    failed = runner.invoke(app, ["fit", "1", "--token", "t"])
+    assert failed.exit_code == 1
+    assert "fit 5 failed: every usable run has the same mixture" in failed.stderr
 
 
 def test_unreachable_server_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -219,6 +219,103 @@ def test_import_run_is_idempotent_on_external_id(admin: MixoptClient) -> None:
     }
 
 
+class RecordingPosts(httpx.BaseTransport):
+    """Forwards to the real server and records the body of every POST to a path ending so."""
+
+    def __init__(self, suffix: str) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.suffix = suffix
+        self.bodies: list[Any] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith(self.suffix):
+            self.bodies.append(json.loads(request.read()))
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_import_runs_sends_batches_in_order_and_counts_the_new_runs(
+    server: ThreadedServer, admin: MixoptClient, tokens: Tokens
+) -> None:
+    eid = admin.create_experiment(spec()).id
+    runs: list[Any] = [
+        {"weights": VALID, "metrics": {"val_loss/web": 3 + i / 100}, "external_id": f"csv:{i}"}
+        for i in range(24)
+    ]
+    runs.append(schemas.RunImport(weights=VALID, tags={"seed": "2"}, external_id="csv:typed"))
+    transport = RecordingPosts("/runs/batch")
+    with MixoptClient(server.url, tokens.write, transport=transport, **FAST) as client:
+        first = client.import_runs(eid, runs, batch_size=10)
+        assert [len(body["runs"]) for body in transport.bodies] == [10, 10, 5]
+        assert first.new == 25
+        assert [r.external_id for r in first.items] == [f"csv:{i}" for i in range(24)] + [
+            "csv:typed"
+        ]
+        assert first.items[-1].status == "pending" and first.items[-1].tags == {"seed": "2"}
+        again = client.import_runs(eid, runs)
+        assert len(transport.bodies) == 4  # at most 1,000 a request
+        assert again.new == 0
+        assert [r.id for r in again.items] == [r.id for r in first.items]
+
+        # Refused by the server in the third batch: its index is the caller's, and the
+        # batches before it were stored.
+        fresh = [{**run, "external_id": f"new:{i}"} for i, run in enumerate(runs[:24])]
+        fresh[23] = {**fresh[23], "weights": {**VALID, "web": 0.4}}
+        with pytest.raises(ValidationError) as invalid:
+            client.import_runs(eid, fresh, batch_size=10)
+        assert not invalid.value.local
+        assert ["body", "runs", 23, "weights"] in [e.loc for e in invalid.value.errors]
+        assert len(list(admin.iter_runs(eid))) == 45
+
+        # Refused before sending: nothing goes out.
+        sent = len(transport.bodies)
+        bad = [runs[0], {"weights": {**VALID, "web": "0.5"}}]
+        with pytest.raises(ValidationError) as local:
+            client.import_runs(eid, bad)
+        assert local.value.local
+        assert local.value.errors[0].loc == ["body", "runs", 1, "weights", "web"]
+        assert len(transport.bodies) == sent
+        with pytest.raises(ConflictError, match="csv:3"):
+            client.import_runs(eid, [{**runs[3], "metrics": {"val_loss/web": 1.0}}])
+        with pytest.raises(ValueError, match="batch_size"):
+            client.import_runs(eid, runs, batch_size=1001)
+    assert len(list(admin.iter_runs(eid))) == 45
+
+
+def test_import_runs_splits_a_batch_over_the_size_limit_and_retries_only_when_safe() -> None:
+    def run(i: int) -> dict[str, Any]:
+        return {
+            "id": str(i), "experiment_id": "1", "status": "pending", "weights": VALID,
+            "external_id": f"x:{i}",
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+        }  # fmt: skip
+
+    too_large = httpx.Response(
+        413, json={"type": "about:blank", "title": "too large", "status": 413, "detail": "big"}
+    )
+    script = Script(
+        too_large,
+        httpx.Response(201, json={"items": [run(0), run(1)], "new": 2}),
+        httpx.Response(201, json={"items": [run(2), run(3)], "new": 1}),
+    )
+    bodies = [{"weights": VALID, "external_id": f"x:{i}"} for i in range(4)]
+    result = script.client().import_runs("1", bodies)
+    assert [len(json.loads(r.content)["runs"]) for r in script.requests] == [4, 2, 2]
+    assert ([r.id for r in result.items], result.new) == (["0", "1", "2", "3"], 3)
+
+    timeout = httpx.ReadTimeout("no answer")
+    answer = httpx.Response(201, json={"items": [run(0)], "new": 1})
+    keyed = Script(timeout, answer)
+    assert keyed.client().import_runs("1", bodies[:1]).new == 1  # an external_id: repeated
+    assert len(keyed.requests) == 2
+    unkeyed = Script(timeout, answer)
+    with pytest.raises(httpx.ReadTimeout):  # a repeat would import the run twice
+        unkeyed.client().import_runs("1", [bodies[0], {"weights": VALID}])
+    assert len(unkeyed.requests) == 1
+
+
 def test_client_creates_lists_and_revokes_tokens_that_then_stop_working(
     admin: MixoptClient, connect: Callable[..., MixoptClient]
 ) -> None:
@@ -339,6 +436,24 @@ def test_client_fits_imported_runs_then_predicts_and_recommends_from_the_fit(
     assert recommended.weights["web"] > recommended.weights["code"]
     with pytest.raises(ValidationError):
         admin.predict(eid, [{"web": 1.0, "wiki": 0.0}])
+
+
+def test_client_starts_a_fit_without_waiting_and_follows_it_to_completion(
+    admin: MixoptClient,
+) -> None:
+    eid = admin.create_experiment(spec()).id
+    rng = random.Random(6)
+    for _ in range(12):
+        raw = [rng.random() + 0.05 for _ in DOMAINS]
+        weights = {d["name"]: w / sum(raw) for d, w in zip(DOMAINS, raw, strict=True)}
+        admin.import_run(eid, weights, metrics={"val_loss/web": 4.0 - weights["web"]})
+    started = admin.fit(eid, "linear", wait=False)
+    assert started.status == "running" and started.n_runs == 0
+    seen: list[str] = []
+    done = admin.wait_for_fit(started.id, poll=0.05, on_progress=lambda r: seen.append(r.status))
+    assert (done.id, done.status, done.n_runs) == (started.id, "completed", 12)
+    assert seen[-1] == "completed" and set(seen) <= {"running", "completed"}
+    assert admin.recommendation(eid).fit_id == started.id
 
 
 class Recording(httpx.BaseTransport):

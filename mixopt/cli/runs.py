@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from mixopt.cli._common import Token, Url, _api, _console, _fail
 from mixopt.runs_csv import ImportRow, TableError, plan_import
-from mixopt.schemas import DEFAULT_URL, NAME_PATTERN
+from mixopt.schemas import DEFAULT_URL, MAX_RUN_BATCH, NAME_PATTERN
 
 if TYPE_CHECKING:
     from mixopt import schemas
@@ -22,6 +23,20 @@ runs_app = typer.Typer(help="Runs (through the API).", no_args_is_help=True)
 
 def _same(stored: schemas.Run, row: ImportRow) -> bool:
     return stored.weights == row.weights and stored.metrics == row.metrics
+
+
+def _import_fields(row: ImportRow) -> dict[str, Any]:
+    """What the API takes of a row (``RunImport``'s fields; ``status`` None is its default)."""
+    fields: dict[str, Any] = {
+        "weights": row.weights,
+        "metrics": row.metrics,
+        "params": row.params,
+        "tags": row.tags,
+        "external_id": row.external_id,
+    }
+    if row.status is not None:
+        fields["status"] = row.status
+    return fields
 
 
 def _parse_tags(pairs: Sequence[str]) -> dict[str, str]:
@@ -82,7 +97,10 @@ def runs_import(
         bool, typer.Option(help="import the valid rows even if some are refused")
     ] = False,
     jobs: Annotated[
-        int, typer.Option(min=1, max=64, help="parallel requests (1 keeps the file's order)")
+        int,
+        typer.Option(
+            min=1, max=64, help="parallel requests of 1,000 runs each (1 keeps the file's order)"
+        ),
     ] = 1,
     url: Url = DEFAULT_URL,
     token: Token = None,
@@ -91,7 +109,8 @@ def runs_import(
 
     Rows whose weights sum to within 1 % of 1 are renormalised; rows further off are refused.
     Each run's external_id is FILE's stem and the row's key, so importing the same file again
-    changes nothing.
+    changes nothing. Runs go in batches of 1,000 (one request each, all or nothing); a batch
+    with a refused row is sent again row by row, so that the other rows still go in.
     """
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -155,35 +174,65 @@ def runs_import(
             for run in client.iter_runs(experiment_id)
             if run.external_id is not None
         }
-        created = present = 0
+        created = 0
         failures: list[tuple[str, str]] = []
 
         stop = threading.Event()
 
-        def send(row: ImportRow) -> tuple[ImportRow, bool | None, str]:
-            known = stored.get(row.external_id)
-            if known is not None and _same(known, row):
-                return row, False, ""
+        def exclude_if_marked(row: ImportRow, run: schemas.Run) -> None:
+            if row.excluded and not run.excluded:
+                client.exclude(run.id, True, reason=f"excluded in {file.name}")
+
+        def send_one(row: ImportRow) -> tuple[ImportRow, bool | None, str]:
             if stop.is_set():
                 return row, None, "not sent: the import stopped"
             try:
-                run = client.import_run(
-                    experiment_id,
-                    row.weights,
-                    metrics=row.metrics,
-                    params=row.params,
-                    tags=row.tags,
-                    status=row.status,
-                    external_id=row.external_id,
-                )
-                if row.excluded and not run.excluded:
-                    client.exclude(run.id, True, reason=f"excluded in {file.name}")
+                run = client.import_run(experiment_id, **_import_fields(row))
+                exclude_if_marked(row, run)
             except (ConflictError, ValidationError) as exc:
                 return row, None, exc.detail  # this row's problem: the others go on
             except BaseException:
                 stop.set()  # 401, 403, 404, a lost server: no other row would fare better
                 raise
             return row, run.created, ""
+
+        def send(batch: list[ImportRow]) -> tuple[int, int, list[tuple[str, str]]]:
+            """One request for the batch: (its rows, how many were new, the rows refused)."""
+            if stop.is_set():
+                return len(batch), 0, [(row.label, "not sent: the import stopped") for row in batch]
+            try:
+                result = client.import_runs(experiment_id, [_import_fields(r) for r in batch])
+                for row, run in zip(batch, result.items, strict=True):
+                    exclude_if_marked(row, run)
+            except (ConflictError, ValidationError):
+                # A batch stores nothing if one row is refused: then each row on its own, so
+                # that the others go in and each refusal names its row.
+                return send_alone(batch)
+            except BaseException:
+                stop.set()
+                raise
+            return len(batch), result.new, []
+
+        def send_alone(rows: list[ImportRow]) -> tuple[int, int, list[tuple[str, str]]]:
+            """One request per row, as ``send`` answers."""
+            outcomes = [send_one(row) for row in rows]
+            refused = [(row.label, problem) for row, new, problem in outcomes if new is None]
+            return len(rows), sum(bool(new) for _, new, _ in outcomes), refused
+
+        to_send = [row for row in plan.rows if row.external_id not in stored]
+        # A row stored with other weights or metrics is refused (409): sent alone, as it would
+        # take the batch around it down with it.
+        changed = [
+            row
+            for row in plan.rows
+            if row.external_id in stored and not _same(stored[row.external_id], row)
+        ]
+        present = len(plan.rows) - len(to_send) - len(changed)
+        tasks: list[Callable[[], tuple[int, int, list[tuple[str, str]]]]] = [
+            partial(send, to_send[i : i + MAX_RUN_BATCH])
+            for i in range(0, len(to_send), MAX_RUN_BATCH)
+        ]
+        tasks += [partial(send_alone, [row]) for row in changed]
 
         progress = Progress(
             TextColumn("{task.description}"),
@@ -196,17 +245,15 @@ def runs_import(
         try:
             with progress:
                 task = progress.add_task("importing", total=len(plan.rows))
-                for row, new, problem in pool.map(send, plan.rows):
-                    if new is None:
-                        failures.append((row.label, problem))
-                    elif new:
-                        created += 1
-                    else:
-                        present += 1
-                    progress.advance(task)
+                progress.advance(task, present)
+                for rows, new, refused in pool.map(lambda call: call(), tasks):
+                    failures += refused
+                    created += new
+                    present += rows - new - len(refused)
+                    progress.advance(task, rows)
         finally:
-            # After an error that ends the import (401, 404, a lost server, ^C), the rows not
-            # yet sent are dropped rather than each failing in turn.
+            # After an error that ends the import (401, 404, a lost server, ^C), the batches
+            # not yet sent are dropped rather than each failing in turn.
             pool.shutdown(wait=True, cancel_futures=True)
     out.print(
         f"imported {created + present} runs into experiment {experiment_id}: "

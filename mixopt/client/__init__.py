@@ -32,7 +32,7 @@ Everything is importable from ``mixopt.client``; the modules are ``errors`` (the
 
 from __future__ import annotations
 
-from mixopt.client._http import METRICS_BATCH, ImportedRun, MixoptClient
+from mixopt.client._http import METRICS_BATCH, ImportedExperiment, ImportedRun, MixoptClient
 from mixopt.client.errors import (
     AuthError,
     ConflictError,
@@ -60,6 +60,7 @@ __all__ = [
     "ExperimentStatus",
     "ForbiddenError",
     "ImportStatus",
+    "ImportedExperiment",
     "ImportedRun",
     "MixoptAPIError",
     "MixoptClient",

@@ -15,10 +15,10 @@ import httpx
 import pydantic
 
 from mixopt import __version__, schemas
-from mixopt.client.errors import ValidationError, error_from_response
+from mixopt.client.errors import PayloadTooLargeError, ValidationError, error_from_response
 from mixopt.schemas import API_PREFIX, DEFAULT_URL, ExperimentStatus, ImportStatus, RunStatus
 
-__all__ = ["METRICS_BATCH", "ImportedRun", "MixoptClient"]
+__all__ = ["METRICS_BATCH", "ImportedExperiment", "ImportedRun", "MixoptClient"]
 
 METRICS_BATCH = 10_000
 """The most points ``POST /runs/{id}/metrics`` takes in one request."""
@@ -62,6 +62,21 @@ def _build(
         raise _local_validation_error(exc, loc) from None
 
 
+def _rows_shifted(exc: ValidationError, offset: int) -> ValidationError:
+    """The server's error about a batch with each ``["body", "runs", i, ...]`` moved to
+    ``i + offset``: the index in what the caller passed, not in the batch."""
+    if offset == 0:
+        return exc
+    errors = [
+        e.model_copy(update={"loc": [*e.loc[:2], e.loc[2] + offset, *e.loc[3:]]})
+        if e.loc[:2] == ["body", "runs"] and len(e.loc) > 2 and isinstance(e.loc[2], int)
+        else e
+        for e in exc.errors
+    ]
+    problem = exc.problem.model_copy(update={"errors": errors})
+    return ValidationError(exc.status, problem, exc.response)
+
+
 def _q(identifier: str) -> str:
     """An id as one path segment (ids come from the server, but never let one change the path)."""
     return quote(str(identifier), safe="")
@@ -72,6 +87,13 @@ def _q(identifier: str) -> str:
 
 class ImportedRun(schemas.Run):
     """An imported run, and whether this call created it (False: its external_id was known)."""
+
+    created: bool = True
+
+
+class ImportedExperiment(schemas.Experiment):
+    """An experiment written from an archive, and whether this call created it (False: the
+    same archive was imported before)."""
 
     created: bool = True
 
@@ -164,6 +186,7 @@ class MixoptClient:
         path: str,
         *,
         json: Any = None,
+        content: bytes | None = None,
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool = True,
@@ -180,6 +203,7 @@ class MixoptClient:
                     method,
                     path,
                     json=json,
+                    content=content,
                     params=query or None,
                     headers=headers,
                     timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
@@ -354,6 +378,60 @@ class MixoptClient:
             {**response.json(), "created": response.status_code == 201}
         )
 
+    def import_runs(
+        self,
+        experiment_id: str,
+        runs: Iterable[schemas.RunImport | Mapping[str, Any]],
+        *,
+        batch_size: int = schemas.MAX_RUN_BATCH,
+    ) -> schemas.RunBatchResult:
+        """``POST /experiments/{id}/runs/batch``: runs chosen or trained elsewhere, in batches of
+        ``batch_size`` (at most 1,000; a batch over the server's size limit is split). Each
+        batch is all or nothing and each run idempotent on its ``external_id``, as
+        ``import_run``: ``items`` answers every run in order, ``new`` counts those stored now.
+
+        Every run is validated before anything is sent. A refused batch (``ValidationError``,
+        errors at ``["body", "runs", i, ...]`` with ``i`` the index in ``runs``, or
+        ``ConflictError``) is raised after the earlier batches were stored; with external_ids,
+        calling again is harmless. A batch is repeated after an ambiguous failure only if each
+        of its runs has an external_id."""
+        if not 1 <= batch_size <= schemas.MAX_RUN_BATCH:
+            raise ValueError(f"batch_size must be within 1..{schemas.MAX_RUN_BATCH}")
+        bodies = [
+            _build(schemas.RunImport, run, loc=("body", "runs", index))
+            for index, run in enumerate(runs)
+        ]
+        path = f"{API_PREFIX}/experiments/{_q(experiment_id)}/runs/batch"
+        items: list[schemas.Run] = []
+        new = 0
+
+        def send(start: int, stop: int) -> None:
+            nonlocal new
+            batch = bodies[start:stop]
+            try:
+                result = self._model(
+                    schemas.RunBatchResult,
+                    "POST",
+                    path,
+                    json={"runs": [self._body(b) for b in batch]},
+                    idempotent=all(b.external_id is not None for b in batch),
+                )
+            except PayloadTooLargeError:
+                if len(batch) == 1:
+                    raise
+                middle = (start + stop) // 2
+                send(start, middle)
+                send(middle, stop)
+                return
+            except ValidationError as exc:
+                raise _rows_shifted(exc, start) from None
+            items.extend(result.items)
+            new += result.new
+
+        for start in range(0, len(bodies), batch_size):
+            send(start, min(start + batch_size, len(bodies)))
+        return schemas.RunBatchResult(items=items, new=new)
+
     def list_runs(
         self,
         experiment_id: str,
@@ -526,20 +604,77 @@ class MixoptClient:
         """``GET /experiments/{id}/runs.csv``: every run; ``mixopt runs import`` reads it back."""
         return self._send("GET", f"{API_PREFIX}/experiments/{_q(experiment_id)}/runs.csv").text
 
+    def export_experiment(self, experiment_id: str, *, timeout: float = 600) -> bytes:
+        """``GET /experiments/{id}/export`` (admin): the experiment archive, as JSON bytes."""
+        return self._send(
+            "GET", f"{API_PREFIX}/experiments/{_q(experiment_id)}/export", timeout=timeout
+        ).content
+
+    def import_experiment(
+        self, archive: bytes, *, name: str | None = None, timeout: float = 600
+    ) -> ImportedExperiment:
+        """``POST /experiments/import`` (admin): write an archive (JSON or gzip'd JSON bytes)
+        as a new experiment, renamed to ``name`` if given. The same archive again returns that
+        experiment with ``created=False``, so a repeat after a lost answer is safe."""
+        response = self._send(
+            "POST",
+            f"{API_PREFIX}/experiments/import",
+            content=archive,
+            params={"name": name},
+            headers={
+                "Content-Type": "application/gzip"
+                if archive[:2] == b"\x1f\x8b"
+                else "application/json"
+            },
+            timeout=timeout,
+        )
+        return ImportedExperiment.model_validate(
+            {**response.json(), "created": response.status_code == 201}
+        )
+
     # --- fits ---
 
-    def fit(self, experiment_id: str, model: str = "auto") -> schemas.FitReport:
+    def fit(
+        self, experiment_id: str, model: str = "auto", *, wait: bool = True
+    ) -> schemas.FitReport:
         """``POST /experiments/{id}/fit``: fit ``model`` (or compare them all: ``auto``) on the
         completed, non-excluded runs, cross-validate, and search and store the recommendation
         (409 with fewer than 8 usable runs). A repeat after a lost answer stores one more fit
-        of the same runs, which changes nothing that reads the latest fit."""
-        body = _build(schemas.FitRequest, model=model)
+        of the same runs, which changes nothing that reads the latest fit.
+
+        ``wait=False``: the server answers at once with the fit ``running``; follow it with
+        ``wait_for_fit``."""
+        body = self._body(_build(schemas.FitRequest, model=model, wait=wait))
+        if wait:
+            del body["wait"]  # the default: a server older than ``wait`` accepts the body
         return self._model(
             schemas.FitReport,
             "POST",
             f"{API_PREFIX}/experiments/{_q(experiment_id)}/fit",
-            json=self._body(body),
+            json=body,
         )
+
+    def wait_for_fit(
+        self,
+        fit_id: str,
+        *,
+        poll: float = 1.0,
+        timeout: float | None = None,
+        on_progress: Callable[[schemas.FitReport], None] | None = None,
+    ) -> schemas.FitReport:
+        """Poll ``GET /fits/{id}`` every ``poll`` seconds until the fit is no longer running;
+        its last report (``status`` completed or failed, with a ``reason``). ``on_progress``
+        sees every report polled; ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            report = self.get_fit(fit_id)
+            if on_progress is not None:
+                on_progress(report)
+            if report.status != "running":
+                return report
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"fit {fit_id} still running after {timeout} s")
+            self._sleep(poll)
 
     def backtest(
         self,

@@ -5,15 +5,19 @@ from __future__ import annotations
 import inspect
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Response, status
+from fastapi import APIRouter, Body, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from mixers import methods
 from mixers.regressors import make_regressor, regressor_names
 from mixopt import schemas
+from mixopt.errors import InvalidInput
+from service import transfer
 from service.api.deps import AdminDep, AuthenticatedRoute, OpsDep, ReadDep, StoreDep, WriteDep
 from service.convert import experiment_out, fit_out, run_out
 from service.problems import PROBLEM_RESPONSES
+from service.store import ExperimentRecord, Store
 
 router = APIRouter(
     tags=["experiments"], responses=PROBLEM_RESPONSES, route_class=AuthenticatedRoute
@@ -136,6 +140,21 @@ def add_run(
     return run_out(record)
 
 
+@router.post(
+    "/experiments/{experiment_id}/runs/batch",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[WriteDep],
+)
+def add_runs_batch(
+    experiment_id: str, body: schemas.RunBatch, ops: OpsDep
+) -> schemas.RunBatchResult:
+    """Offline: import up to 1,000 runs at once, all or nothing, each idempotent on its
+    external_id as in the single import (``new`` counts the runs this call stored). A row that
+    is invalid (422) or conflicts with a stored run (409) stores nothing of the batch."""
+    records, new = ops.add_runs_batch(experiment_id, body)
+    return schemas.RunBatchResult(items=[run_out(r) for r in records], new=new)
+
+
 @router.get("/experiments/{experiment_id}/runs", dependencies=[ReadDep])
 def list_runs(
     experiment_id: str,
@@ -187,15 +206,23 @@ def recommendation(experiment_id: str, ops: OpsDep) -> schemas.Recommendation:
     return ops.recommendation(experiment_id)
 
 
-@router.post("/experiments/{experiment_id}/fit", dependencies=[WriteDep])
-def fit(
-    experiment_id: str, ops: OpsDep, body: schemas.FitRequest | None = None
+@router.post(
+    "/experiments/{experiment_id}/fit",
+    dependencies=[WriteDep],
+    responses={202: {"model": schemas.FitReport, "description": "wait=false: the fit, running"}},
+)
+async def fit(
+    experiment_id: str, ops: OpsDep, response: Response, body: schemas.FitRequest | None = None
 ) -> schemas.FitReport:
     """Fit on completed, non-excluded runs; cross-validate; search and store the recommendation.
 
-    A plain ``def``: FastAPI runs it in the thread pool, so a fit never blocks other requests.
+    The fit runs in a worker process (``fit_workers``), awaited here: it holds no thread and
+    slows no other request. ``wait: false`` answers 202 with the running fit at once.
     """
-    return ops.fit(experiment_id, body or schemas.FitRequest())
+    report, done = await ops.fit(experiment_id, body or schemas.FitRequest())
+    if not done:
+        response.status_code = status.HTTP_202_ACCEPTED
+    return report
 
 
 @router.post("/experiments/{experiment_id}/backtest", dependencies=[WriteDep])
@@ -209,15 +236,20 @@ def backtest(
 
 @router.get("/experiments/{experiment_id}/fits", dependencies=[ReadDep])
 def list_fits(
-    experiment_id: str, store: StoreDep, limit: Limit = 100, cursor: Cursor = None
+    experiment_id: str, store: StoreDep, ops: OpsDep, limit: Limit = 100, cursor: Cursor = None
 ) -> schemas.Page[schemas.FitReport]:
+    """Newest first, running and failed fits too (see ``status``)."""
     page = store.list_fits(experiment_id, limit=limit, cursor=cursor)
-    return schemas.Page(items=[fit_out(f) for f in page.items], next_cursor=page.next_cursor)
+    return schemas.Page(
+        items=[fit_out(f, stage=ops.fits.stage(f.id)) for f in page.items],
+        next_cursor=page.next_cursor,
+    )
 
 
 @router.get("/fits/{fit_id}", dependencies=[ReadDep])
-def get_fit(fit_id: str, store: StoreDep) -> schemas.FitReport:
-    return fit_out(store.get_fit(fit_id))
+def get_fit(fit_id: str, store: StoreDep, ops: OpsDep) -> schemas.FitReport:
+    """A fit; poll it while ``status`` is ``running`` (``progress`` says how far it is)."""
+    return fit_out(store.get_fit(fit_id), stage=ops.fits.stage(fit_id))
 
 
 @router.post("/experiments/{experiment_id}/predict", dependencies=[ReadDep])
@@ -225,3 +257,79 @@ def predict(
     experiment_id: str, body: schemas.PredictRequest, ops: OpsDep
 ) -> schemas.PredictionList:
     return schemas.PredictionList(items=ops.predict(experiment_id, body))
+
+
+@router.get(
+    "/experiments/{experiment_id}/export",
+    dependencies=[AdminDep],
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ExperimentArchive"}}
+            },
+            "description": "the experiment archive (runs, metric points, fits, online history)",
+        }
+    },
+)
+def export_experiment(experiment_id: str, store: StoreDep) -> StreamingResponse:
+    """Everything the experiment holds, as an archive ``POST /experiments/import`` (of this
+    server or another) reads back; read in one snapshot."""
+    archive = transfer.export_archive(store, experiment_id)
+    return StreamingResponse(
+        transfer.archive_chunks(archive),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="experiment-{experiment_id}.json"'},
+    )
+
+
+_ARCHIVE_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ExperimentArchive"}},
+            # The archive gzip'd (what the client sends); any other type of body is 415.
+            "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/experiments/import",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[AdminDep],
+    openapi_extra=_ARCHIVE_BODY_DOC,
+    responses={
+        200: {"model": schemas.Experiment, "description": "this archive was imported before"}
+    },
+)
+async def import_experiment(
+    request: Request,
+    store: StoreDep,
+    response: Response,
+    name: Annotated[
+        str | None,
+        Query(pattern=schemas.NAME_PATTERN, description="a name instead of the archive's"),
+    ] = None,
+) -> schemas.Experiment:
+    """Write an archive (``GET .../export``) as a new experiment with new ids, all or nothing.
+    The same archive again: 200 with that experiment (409 if its content was changed). Capped
+    at ``max_import_bytes`` (64 MiB by default), not the usual body limit; a gzip'd archive is
+    read too."""
+    data = await request.body()
+    limit: int = request.app.state.settings.max_import_bytes
+    record, created = await run_in_threadpool(_import, store, data, name, limit)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return experiment_out(record)
+
+
+def _import(
+    store: Store, data: bytes, name: str | None, max_bytes: int
+) -> tuple[ExperimentRecord, bool]:
+    try:
+        archive = transfer.read_archive(data, max_bytes=max_bytes)
+        return transfer.import_archive(store, archive, name=name)
+    except InvalidInput as exc:
+        raise exc.prefixed("body") from None

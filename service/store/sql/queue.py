@@ -8,11 +8,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from mixopt.errors import Conflict, LeaseLost
 from service.store.base import NewRun, Page, RunRecord
 from service.store.models import ExperimentRow, MixerStateRow, RunRow
-from service.store.sql._base import SqlStoreBase, _keyset, _page, _parse_id
+from service.store.sql._base import SqlStoreBase, _chunks, _keyset, _page, _parse_id
 
 __all__ = ["QueueStore"]
 
@@ -80,6 +81,81 @@ class QueueStore(SqlStoreBase):
             return self._run(self._load_run(conn, new_id)), True
 
         return self._insert_once(eid, run.external_id, earlier, insert_run)
+
+    def import_runs(
+        self, experiment_id: str, runs: Sequence[NewRun]
+    ) -> list[tuple[RunRecord, bool]]:
+        eid = _parse_id(experiment_id, "experiment")
+        now = self._clock()
+        try:
+            return self._import_batch(eid, runs, now)
+        except IntegrityError:
+            # A concurrent import committed one of these external_ids between our read and our
+            # insert, and all of ours rolled back: a second transaction sees it as stored. (If
+            # it breaks a constraint again, that is another one, and it is raised.)
+            return self._import_batch(eid, runs, now)
+
+    def _stored_imports(
+        self, conn: Connection, experiment_id: int, external_ids: Sequence[str]
+    ) -> dict[str, Row[Any]]:
+        """The runs stored under these external_ids, by external_id."""
+        stored: dict[str, Row[Any]] = {}
+        for chunk in _chunks(external_ids):
+            query = select(RunRow).where(
+                RunRow.experiment_id == experiment_id, RunRow.external_id.in_(chunk)
+            )
+            stored.update((row.external_id, row) for row in conn.execute(query))
+        return stored
+
+    def _insert_in_order(
+        self, conn: Connection, values: Sequence[Mapping[str, Any]]
+    ) -> list[Row[Any]]:
+        """Insert runs, a multi-row INSERT per 1,000; answer the stored rows in their order."""
+        if self._dialect == "postgresql":
+            # SQLAlchemy orders the RETURNING rows by a sentinel of its own, in one
+            # INSERT ... SELECT ... ORDER BY per page of rows.
+            query = insert(RunRow).returning(*RunRow.__table__.c, sort_by_parameter_order=True)
+            return list(conn.execute(query, values).all())
+        # SQLite: for that order SQLAlchemy would insert row by row. Unordered, it sends one
+        # multi-row INSERT per 1,000 rows (its "insertmanyvalues"), whose RETURNING rows come in
+        # no set order; but SQLite numbers them (max rowid + 1) in the order of the VALUES.
+        query = insert(RunRow).returning(*RunRow.__table__.c)
+        return sorted(conn.execute(query, values).all(), key=lambda row: int(row.id))
+
+    def _import_batch(
+        self, eid: int, runs: Sequence[NewRun], now: datetime
+    ) -> list[tuple[RunRecord, bool]]:
+        with self._write() as conn:
+            self._active_experiment(conn, eid)
+            keys = list(dict.fromkeys(r.external_id for r in runs if r.external_id is not None))
+            stored = self._stored_imports(conn, eid, keys)
+            # Inserted: every run without an external_id and the first of each external_id not
+            # stored yet. The others repeat a run, stored before (checked first: a conflict
+            # costs no insert) or earlier in this batch.
+            fresh: list[int] = []
+            seen = set(stored)
+            for i, run in enumerate(runs):
+                if run.external_id is None or run.external_id not in seen:
+                    fresh.append(i)
+                    if run.external_id is not None:
+                        seen.add(run.external_id)
+                elif run.external_id in stored:
+                    self._same_import(stored[run.external_id], run)  # Conflict: nothing stored
+            inserted: dict[int, Row[Any]] = {}
+            if fresh:
+                rows = self._insert_in_order(
+                    conn, [self._run_values(runs[i], eid, now) for i in fresh]
+                )
+                inserted = dict(zip(fresh, rows, strict=True))
+                stored.update((row.external_id, row) for row in rows if row.external_id is not None)
+            answers: list[tuple[RunRecord, bool]] = []
+            for i, run in enumerate(runs):
+                if i in inserted:
+                    answers.append((self._run(inserted[i]), True))
+                else:
+                    assert run.external_id is not None
+                    answers.append((self._same_import(stored[run.external_id], run), False))
+            return answers
 
     def get_run(self, run_id: str) -> RunRecord:
         rid = _parse_id(run_id, "run")
@@ -217,6 +293,11 @@ class QueueStore(SqlStoreBase):
         rid = _parse_id(run_id, "run")
         now = self._clock()
         with self._write() as conn:
+            # An online run's mixer state is locked before the run, in the order feedback and
+            # resume take them (state, then the run): the other order deadlocks with them.
+            conn.execute(
+                select(MixerStateRow.run_id).where(MixerStateRow.run_id == rid).with_for_update()
+            )
             row = self._load_run(conn, rid, lock=True)
             if row.status == "completed":
                 if row.metrics != dict(metrics):

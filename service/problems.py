@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mixopt.errors import (
@@ -26,12 +26,24 @@ from mixopt.errors import (
     NotFound,
     Unauthorized,
 )
+from service.store.unavailable import database_unavailable, describe
 
-__all__ = ["PROBLEM_RESPONSES", "install_problem_handlers", "problem_response", "problem_status"]
+__all__ = [
+    "PROBLEM_RESPONSES",
+    "RETRY_AFTER_SECONDS",
+    "install_problem_handlers",
+    "problem_response",
+    "problem_status",
+    "unavailable_response",
+]
 
 log = logging.getLogger("mixopt.service")
 
 MEDIA_TYPE = "application/problem+json"
+
+RETRY_AFTER_SECONDS = 2
+"""What a 503 tells the client to wait: long enough for a pool to reconnect, short enough that
+a trainer loses little time once the database is back."""
 
 _STATUS: list[tuple[type[MixoptError], int, str]] = [
     (Unauthorized, 401, "unauthorized"),
@@ -87,9 +99,27 @@ def _loc_text(loc: Sequence[Any]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+def _json_error_item(error: dict[str, Any], document: Any) -> ErrorItem:
+    """FastAPI's "JSON decode error" at a character offset, as the line and column at fault."""
+    loc = tuple(error.get("loc", ()))
+    offset = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    reason = str((error.get("ctx") or {}).get("error") or error.get("msg", ""))
+    if offset is None or not isinstance(document, str | bytes):
+        return ErrorItem(("body",), f"invalid JSON: {reason}")
+    text = document.decode("utf-8", "replace") if isinstance(document, bytes) else document
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return ErrorItem(("body",), f"invalid JSON: {reason} at line {line} column {column}")
+
+
 def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    items = [ErrorItem(tuple(e.get("loc", ())), str(e.get("msg", ""))) for e in exc.errors()]
+    items = [
+        _json_error_item(e, exc.body)
+        if e.get("type") == "json_invalid"
+        else ErrorItem(tuple(e.get("loc", ())), str(e.get("msg", "")))
+        for e in exc.errors()
+    ]
     if items:
         first = items[0]
         more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
@@ -120,15 +150,21 @@ def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    # A database that is down or locked beyond the busy timeout: the client may retry safely.
-    log.warning("database unavailable: %s", exc)
+def unavailable_response(detail: str, *, slug: str = "unavailable") -> JSONResponse:
+    """503 with ``Retry-After``: the database is down or busy; retrying is safe."""
     return problem_response(
-        503,
-        "the database is unavailable or busy; retry shortly",
-        slug="unavailable",
-        headers={"Retry-After": "1"},
+        503, detail, slug=slug, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
     )
+
+
+def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+    if not database_unavailable(exc):
+        # A bug (a constraint, a syntax error, a missing table): the 500 handler logs it with
+        # its stack, and tests see it raised.
+        raise exc
+    # The detail names no host, statement or driver message: they are for the log.
+    log.warning("database unavailable: %s", describe(exc))
+    return unavailable_response("the database is unavailable or busy; retry shortly")
 
 
 def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -140,7 +176,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(MixoptError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -158,4 +194,5 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: _problem_doc("conflicts with the stored state"),
     413: _problem_doc("request body over the size limit"),
     422: _problem_doc("the request breaks a validation rule"),
+    503: _problem_doc("the database is unavailable or busy; retry after Retry-After seconds"),
 }

@@ -6,7 +6,8 @@ so that several replicas starting at once apply each revision exactly once.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from alembic import command
@@ -18,7 +19,7 @@ from sqlalchemy import Connection, Engine, text
 
 import migrations
 
-__all__ = ["alembic_config", "current_revision", "head_revision", "upgrade"]
+__all__ = ["alembic_config", "current_revision", "downgrade", "head_revision", "upgrade"]
 
 # pg_advisory_lock key: an arbitrary constant. Every replica, old and new, must take the same
 # lock to be serialised with the others, so it never changes.
@@ -54,12 +55,34 @@ def _sqlite_lock(engine: Engine) -> AbstractContextManager[object]:
     return FileLock(f"{database}.migrate.lock")
 
 
+@contextmanager
+def _foreign_keys_off(connection: Connection) -> Iterator[None]:
+    """SQLite: no foreign key enforcement while migrating (the migration checks them at its end).
+
+    Batch mode alters a table by copying it, dropping the original and renaming the copy. With
+    enforcement on, dropping ``experiments`` is a DELETE that cascades: an upgrade that only adds
+    a column to experiments (0004 does) deleted every run, metric point, fit and weights version.
+    """
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    # The pragma does nothing inside a transaction, so it goes to the driver before any begins.
+    raw.execute("PRAGMA foreign_keys=OFF")
+    if raw.execute("PRAGMA foreign_keys").fetchone()[0] != 0:
+        raise RuntimeError("could not turn SQLite foreign keys off to migrate safely")
+    try:
+        yield
+    finally:
+        connection.rollback()  # nothing left open, or the pragma below would do nothing
+        raw.execute("PRAGMA foreign_keys=ON")
+
+
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
     """Bring the schema to ``revision`` under the migration lock; return the revision reached."""
     if engine.dialect.name != "postgresql":
         with _sqlite_lock(engine), engine.connect() as connection:
-            command.upgrade(alembic_config(connection), revision)
-            connection.commit()
+            with _foreign_keys_off(connection):
+                command.upgrade(alembic_config(connection), revision)
+                connection.commit()
             return current_revision(connection)
     with engine.connect() as connection:
         connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _LOCK_KEY})
@@ -69,5 +92,18 @@ def upgrade(engine: Engine, revision: str = "head") -> str | None:
             connection.commit()
         finally:
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})
+            connection.commit()
+        return current_revision(connection)
+
+
+def downgrade(engine: Engine, revision: str) -> str | None:
+    """Take the schema back to ``revision`` (an operator's rollback; no lock: one process does
+    it, with the service stopped); return the revision reached."""
+    with engine.connect() as connection:
+        guard = (
+            _foreign_keys_off(connection) if engine.dialect.name != "postgresql" else nullcontext()
+        )
+        with guard:
+            command.downgrade(alembic_config(connection), revision)
             connection.commit()
         return current_revision(connection)

@@ -34,6 +34,7 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -46,6 +47,17 @@ CHANNEL = "mixopt_weights"
 """The Postgres notification channel; the payload is the run id."""
 
 log = logging.getLogger("mixopt.store")
+
+# A LISTEN connection only reads, so a server that vanished without closing the socket (a host
+# lost, a network cut) would never show as an error, and the cache would stay live without its
+# feed: TCP keepalives notice within about 11 s (5 s idle, then 3 probes 2 s apart).
+_LIVENESS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
 
 
 @dataclass(frozen=True)
@@ -162,7 +174,7 @@ class WeightsChangeListener:
         backoff = 0.1
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(self._conninfo, autocommit=True, **_LIVENESS) as conn:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                     self._cache.set_live(True)  # empties it: changes while away were missed
                     self._connected.set()

@@ -10,12 +10,26 @@ import threading
 import uuid
 import warnings
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, insert, inspect, make_url, select, text
+from sqlalchemy import (
+    Column,
+    MetaData,
+    Table,
+    create_engine,
+    func,
+    insert,
+    inspect,
+    make_url,
+    select,
+    text,
+)
+from sqlalchemy.sql import sqltypes
 
 from mixers.persistence import FIT_FORMAT
 from mixopt.settings import Settings
@@ -67,6 +81,139 @@ def test_upgrade_from_each_earlier_revision_reaches_head(empty_database: str, st
     schema.upgrade(engine, start)
     assert schema.upgrade(engine) == schema.head_revision()
     SqlStore(engine).check_ready()
+    engine.dispose()
+
+
+# Values that carry meaning for the code (and could for a data migration), cycled over the rows;
+# every other column gets a distinct value of its type.
+MEANINGFUL: dict[tuple[str, str], list[Any]] = {
+    ("experiments", "mode"): ["offline", "online"],
+    ("experiments", "status"): ["active", "archived"],
+    ("runs", "status"): ["pending", "running", "completed", "failed"],
+    ("api_tokens", "scope"): ["read", "write", "admin"],
+}
+ROWS_PER_TABLE = 2
+
+
+class RowMaker:
+    """Representative rows for whatever tables a revision has, from their reflected columns."""
+
+    def __init__(self) -> None:
+        self.counter = 0
+
+    def value(self, table: Table, column: Column[Any], index: int) -> Any:
+        self.counter += 1
+        n = self.counter
+        meaningful = MEANINGFUL.get((table.name, column.name))
+        kind = column.type
+        if meaningful is not None:
+            return meaningful[index % len(meaningful)]
+        if isinstance(kind, sqltypes.Boolean):
+            return n % 2 == 1
+        if isinstance(kind, sqltypes.Integer):
+            return n
+        if isinstance(kind, sqltypes.Float):
+            return n + 0.25  # exact in binary: compared with ==
+        if isinstance(kind, sqltypes.DateTime):
+            return datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC) + timedelta(seconds=n)
+        if isinstance(kind, sqltypes.JSON):
+            return {"n": n, "list": [1.5, "x", None], "nested": {"ok": True}}
+        if isinstance(kind, sqltypes.LargeBinary):
+            return bytes([0, 255, n % 256]) + b"blob"
+        if isinstance(kind, sqltypes.String):
+            return f"s{n}"  # distinct (unique constraints) and short (String(16) columns)
+        pytest.fail(f"no representative value for {table.name}.{column.name} ({kind!r}): add one")
+
+    def rows(self, table: Table, parents: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        made = []
+        for index in range(ROWS_PER_TABLE):
+            row: dict[str, Any] = {}
+            for column in table.columns:
+                if _database_assigned(table, column):
+                    continue
+                references = [fk.column for fk in column.foreign_keys]
+                if references:  # a row of the parent inserted at this revision, one each
+                    parent_rows = parents[references[0].table.name]
+                    row[column.name] = parent_rows[index % len(parent_rows)][references[0].name]
+                else:
+                    row[column.name] = self.value(table, column, index)
+            made.append(row)
+        return made
+
+
+def _database_assigned(table: Table, column: Column[Any]) -> bool:
+    """A lone integer primary key without a foreign key: its value comes from the database."""
+    primary = list(table.primary_key.columns)
+    return (
+        primary == [column]
+        and isinstance(column.type, sqltypes.Integer)
+        and not column.foreign_keys
+    )
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, datetime):  # SQLite hands back naive UTC, Postgres an aware time
+        return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    if isinstance(value, memoryview):
+        return bytes(value)
+    return value
+
+
+def test_upgrading_keeps_every_row_written_at_every_earlier_revision(empty_database: str) -> None:
+    """Step by step from base: at each revision, rows in every table it has (plain SQL on its
+    reflected tables, so the test knows no revision); at head, every row is there unchanged.
+
+    A revision whose data migration changes stored values on purpose fails here until this test
+    is taught the change: that is the point."""
+    engine = make_engine(empty_database)
+    maker = RowMaker()
+    written: list[tuple[str, str, dict[str, Any]]] = []  # (revision, table, row with its key)
+    for revision in revisions()[:-1]:  # every revision but head, found by Alembic
+        assert schema.upgrade(engine, revision) == revision
+        tables = MetaData()
+        tables.reflect(bind=engine)
+        inserted: dict[str, list[dict[str, Any]]] = {}
+        with engine.begin() as conn:
+            for table in tables.sorted_tables:
+                if table.name == "alembic_version":
+                    continue
+                rows = maker.rows(table, inserted)
+                keys = conn.execute(
+                    insert(table).returning(
+                        *table.primary_key.columns, sort_by_parameter_order=True
+                    ),
+                    rows,
+                ).all()
+                for row, key in zip(rows, keys, strict=True):
+                    row.update(key._asdict())
+                    written.append((revision, table.name, row))
+                inserted[table.name] = rows
+        assert set(inserted) >= {"experiments", "runs", "metric_points", "api_tokens", "fits"}
+
+    schema.upgrade(engine)
+    tables = MetaData()
+    tables.reflect(bind=engine)
+    with engine.connect() as conn:
+        # Counted first: SQLite reuses the ids of deleted rows, so a lost row may look changed.
+        for name in {n for _, n, _ in written}:
+            count = conn.execute(select(func.count()).select_from(tables.tables[name])).scalar()
+            expected = sum(1 for _, n, _ in written if n == name)
+            assert count == expected, f"{name} holds {count} rows, not the {expected} written"
+        stored_rows = {
+            name: {
+                tuple(r[c.name] for c in table.primary_key.columns): r
+                for r in conn.execute(select(table)).mappings()
+            }
+            for name, table in tables.tables.items()
+        }
+        for revision, name, row in written:
+            primary = tables.tables[name].primary_key.columns
+            stored = stored_rows[name].get(tuple(row[c.name] for c in primary))
+            assert stored is not None, f"{name} row {row} written at {revision} is gone"
+            for column, value in row.items():
+                assert _comparable(stored[column]) == _comparable(value), (
+                    f"{name}.{column} written at {revision} changed"
+                )
     engine.dispose()
 
 
@@ -183,9 +330,75 @@ def test_downgrading_past_model_formats_drops_the_models_older_code_cannot_read(
     )
     for data, model_format in ((b"\x80pickled", "pickle"), (b"x\x9cdata", FIT_FORMAT)):
         store.add_fit(experiment.id, NewFit("linear", "auto", 8, {}, None, data, model_format))
+    assert schema.downgrade(engine, "0002_weight_versions_superseded") == (
+        "0002_weight_versions_superseded"
+    )
     with engine.connect() as conn:
-        command.downgrade(schema.alembic_config(conn), "0002_weight_versions_superseded")
-        conn.commit()
         blobs = conn.execute(text("SELECT model_blob FROM fits ORDER BY id")).scalars().all()
     assert [None if b is None else bytes(b) for b in blobs] == [b"\x80pickled", None]
+    engine.dispose()
+
+
+def test_fits_stored_before_fit_status_existed_read_back_completed(empty_database: str) -> None:
+    engine = make_engine(empty_database)
+    schema.upgrade(engine, "0004_experiment_imported_from")
+    now = utcnow()
+    with engine.begin() as conn:
+        experiment_id = conn.execute(
+            insert(ExperimentRow)
+            .values(
+                name="old",
+                mode="offline",
+                method="regmix",
+                domains=[],
+                objective={},
+                config={},
+                status="active",
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(ExperimentRow.id)
+        ).scalar_one()
+        # Only the columns revision 0004 has.
+        conn.execute(
+            insert(FitRow).values(
+                experiment_id=experiment_id,
+                model="linear",
+                requested="auto",
+                n_runs=8,
+                report={},
+                recommendation={"weights": {}},
+                fitted_at=now,
+            )
+        )
+    schema.upgrade(engine)
+    store = SqlStore(engine)
+    latest = store.latest_fit(str(experiment_id))
+    assert latest is not None
+    fit = latest[0]
+    assert (fit.status, fit.reason) == ("completed", None)
+    assert fit.started_at == fit.finished_at == fit.fitted_at
+    engine.dispose()
+
+
+def test_downgrading_past_fit_status_drops_the_fits_that_never_completed(
+    empty_database: str,
+) -> None:
+    engine = make_engine(empty_database)
+    schema.upgrade(engine)
+    store = SqlStore(engine)
+    experiment = store.create_experiment(
+        NewExperiment(
+            name="e", mode="offline", method="regmix", domains=[], objective={}, config={}
+        )
+    )
+    done = store.add_fit(experiment.id, NewFit("linear", "auto", 8, {}, None, None, None))
+    store.start_fit(experiment.id, "auto", owner="a")
+    failed = store.start_fit(experiment.id, "auto", owner="a")
+    store.fail_fit(failed.id, "boom")
+    with engine.connect() as conn:
+        command.downgrade(schema.alembic_config(conn), "0004_experiment_imported_from")
+        conn.commit()
+        ids = conn.execute(text("SELECT id FROM fits ORDER BY id")).scalars().all()
+    assert [str(i) for i in ids] == [done.id]
     engine.dispose()

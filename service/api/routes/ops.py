@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -9,8 +10,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from service.problems import problem_response
+from service.problems import unavailable_response
 from service.store import Store
+from service.store.unavailable import database_unavailable, describe
+
+log = logging.getLogger("mixopt.service")
 
 router = APIRouter(tags=["operations"])
 
@@ -34,8 +38,15 @@ async def readyz(request: Request) -> JSONResponse:
     store: Store = request.app.state.store
     try:
         await run_in_threadpool(store.check_ready)
-    except Exception as exc:  # any failure means "not ready", with the reason
-        return problem_response(503, f"not ready: {exc}", slug="not-ready")
+    except Exception as exc:  # any failure means "not ready"
+        if database_unavailable(exc):
+            # The driver's message (host, port, statement) goes to the log, not the answer.
+            log.warning("not ready: database unavailable: %s", describe(exc))
+            return unavailable_response("not ready: the database is unreachable", slug="not-ready")
+        if isinstance(exc, RuntimeError):  # check_ready's own account of the schema revision
+            return unavailable_response(f"not ready: {exc}", slug="not-ready")
+        log.exception("not ready", exc_info=exc)
+        return unavailable_response(f"not ready: {type(exc).__name__}", slug="not-ready")
     return JSONResponse({"status": "ready"})
 
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, Select, create_engine, event, select
+from sqlalchemy import Connection, Engine, Row, Select, create_engine, event, make_url, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute
@@ -60,7 +60,17 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             connection.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=True)
+    # pool_pre_ping: a connection the server dropped (a restart, a failover) is replaced at
+    # checkout instead of failing the request. connect_timeout: with the server unreachable, a
+    # request answers 503 in seconds instead of hanging until the OS gives up on TCP.
+    connect_args = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": 5}
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=2 * pool_size,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
 
 
 def _parse_id(value: str, what: str) -> int:

@@ -362,6 +362,9 @@ class MethodConfig(BaseModel):
 
     seed: int | None = Field(
         default=None,
+        # numpy's and scikit-learn's seeds: a negative one failed the first proposals with a 500
+        ge=0,
+        le=2**32 - 1,
         description="seed of every random choice; chosen and stored at creation when omitted",
     )
     max_attempts: int = Field(

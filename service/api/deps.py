@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.message
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from mixopt.errors import Unauthorized
 from service.auth import SCOPE_RANK, Authenticator, FailureThrottle, Principal
 from service.operations import Operations
+from service.problems import problem_response
 from service.store import Store
 
 __all__ = [
@@ -77,6 +79,7 @@ class AuthenticatedRoute(APIRoute):
         if not scopes:
             return handler
         required = max(scopes, key=SCOPE_RANK.__getitem__)
+        media_types = _documented_body_types(self)
 
         async def authenticated(request: Request) -> Response:
             auth: Authenticator = request.app.state.auth
@@ -91,9 +94,50 @@ class AuthenticatedRoute(APIRoute):
                 await throttle.refused(request.client.host if request.client else "unknown")
                 raise
             request.state.principal = principal
+            if media_types and (refused := await _refuse_media_type(request, media_types)):
+                return refused
             return await handler(request)
 
         return authenticated
+
+
+def _documented_body_types(route: APIRoute) -> frozenset[str]:
+    """The media types of the route's body: as its document declares them, else JSON."""
+    extra: dict[str, Any] = route.openapi_extra or {}
+    documented = extra.get("requestBody", {}).get("content")
+    if documented:
+        return frozenset(documented)
+    return frozenset({"application/json"}) if route.body_field is not None else frozenset()
+
+
+def _is_json(content_type: str) -> bool:
+    # As FastAPI decides whether to parse a body as JSON (application/json, application/*+json).
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+async def _refuse_media_type(request: Request, accepted: frozenset[str]) -> Response | None:
+    """A body of a type the route does not document is 415 (FastAPI answered 422 "not a
+    dictionary" to a text/plain body).
+
+    A body without a Content-Type is read as JSON, as FastAPI does; an empty body is left to the
+    route (some bodies are optional).
+    """
+    content_type = request.headers.get("content-type")
+    if content_type is None or not await request.body():
+        return None
+    media = content_type.partition(";")[0].strip().lower()
+    if media in accepted or ("application/json" in accepted and _is_json(content_type)):
+        return None
+    return problem_response(
+        415,
+        f"the body must be {' or '.join(sorted(accepted))}, not {content_type!r}",
+        slug="unsupported-media-type",
+    )
 
 
 StoreDep = Annotated[Store, Depends(get_store)]

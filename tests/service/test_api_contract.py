@@ -1167,3 +1167,42 @@ def test_operational_endpoints_need_no_token_and_unknown_routes_are_problems(
 ) -> None:
     check_health_and_readiness_need_no_token(app)
     check_unknown_routes_and_methods_are_problems(client)
+
+
+def test_a_seed_numpy_cannot_take_is_422_at_creation_not_500_at_the_first_proposals(
+    client: TestClient,
+) -> None:
+    # A seed of -1 was stored, then every proposal call failed with a 500 (numpy's seeds are
+    # non-negative); scikit-learn's stop at 2**32 - 1.
+    for seed in (-1, 2**32):
+        body = experiment_body(config={"seed": seed})
+        problem(client.post(f"{API}/experiments", json=body), 422, loc=["body", "config", "seed"])
+    assert expect(client.get(f"{API}/experiments"), 200)["items"] == []
+    created = expect(
+        client.post(f"{API}/experiments", json=experiment_body(config={"seed": 2**32 - 1})), 201
+    )
+    expect(client.post(f"{API}/experiments/{created['id']}/proposals", json={"count": 2}), 201)
+
+
+def test_openapi_links_chain_ids_and_json_bodies_document_415(client: TestClient) -> None:
+    document = expect(client.get("/openapi.json"), 200)
+    paths = document["paths"]
+    operation_ids = {
+        operation["operationId"]
+        for operations in paths.values()
+        for operation in operations.values()
+    }
+    created = paths[f"{API}/experiments"]["post"]["responses"]["201"]["links"]
+    claimed = paths[f"{API}/experiments/{{experiment_id}}/claim"]["post"]["responses"]["200"]
+    for links in (created, claimed["links"]):
+        assert links, "no links"
+        for link in links.values():
+            assert link["operationId"] in operation_ids, link
+    proposals = paths[f"{API}/experiments/{{experiment_id}}/proposals"]["post"]["operationId"]
+    assert created[proposals]["parameters"] == {"experiment_id": "$response.body#/id"}
+    heartbeat = paths[f"{API}/runs/{{run_id}}/heartbeat"]["post"]["operationId"]
+    assert claimed["links"][heartbeat]["requestBody"] == {"worker": "$response.body#/worker"}
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                assert "415" in operation["responses"], f"{method.upper()} {path}"

@@ -94,3 +94,48 @@ def test_an_unknown_model_is_422_even_before_the_experiment_can_be_fitted(
     # A known model on an experiment without runs is still the state's problem: 409.
     ready = client.post(f"{API}/experiments/{experiment['id']}/fit", json={"model": "linear"})
     assert ready.status_code == 409
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/experiments/{eid}/proposals", "text/plain"),
+        ("/experiments/{eid}/claim", "application/x-www-form-urlencoded"),
+        ("/experiments", "application/xml"),
+    ],
+)
+def test_a_body_that_is_not_json_is_415_not_422(
+    client: TestClient, experiment: dict[str, Any], path: str, content_type: str
+) -> None:
+    # Was a 422 "Input should be a valid dictionary" (API.md: a body that is not JSON is 415).
+    response = client.post(
+        API + path.format(eid=experiment["id"]),
+        content=b'{"count": 1, "worker": "w"}',
+        headers={"content-type": content_type},
+    )
+    assert response.status_code == 415, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["status"] == 415
+    assert content_type in response.json()["detail"]
+    assert client.get(f"{API}/experiments/{experiment['id']}/runs").json()["items"] == []
+    # JSON by any of its names is still JSON.
+    for json_type in ("application/json; charset=utf-8", "application/merge-patch+json"):
+        accepted = client.post(
+            f"{API}/experiments/{experiment['id']}/proposals",
+            content=b'{"count": 1}',
+            headers={"content-type": json_type},
+        )
+        assert accepted.status_code == 201, accepted.text
+
+
+def test_malformed_json_is_422_naming_line_and_column(
+    client: TestClient, experiment: dict[str, Any]
+) -> None:
+    # Was "body.28: JSON decode error": a character offset, not the line and column API.md says.
+    response = client.post(
+        f"{API}/experiments/{experiment['id']}/claim",
+        content=b'{\n  "worker": "w",\n  "lease_seconds": 60,,\n}',
+        headers={"content-type": "application/json"},
+    )
+    assert_rejected(response, "body")
+    assert "line 3 column 23" in response.json()["detail"]

@@ -36,8 +36,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextmanager
-def bench_server() -> Iterator[BenchServer]:
-    """A migrated database of its own and one ``mixopt serve`` process; both gone afterwards."""
+def bench_server(*serve_args: str) -> Iterator[BenchServer]:
+    """A migrated database of its own and one ``mixopt serve`` process (given ``serve_args``,
+    e.g. ``--workers 2``); both gone afterwards."""
     server_url = normalise_database_url(SERVER)
     name = f"mixopt_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
@@ -49,7 +50,7 @@ def bench_server() -> Iterator[BenchServer]:
     try:
         schema.upgrade(engine)
         _, token = SqlStore(engine).create_token("bench", "admin", None)
-        process = ServerProcess(url, Path(tempfile.mkdtemp())).start()
+        process = ServerProcess(url, Path(tempfile.mkdtemp()), *serve_args).start()
         dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         yield BenchServer(process.url, token, dsn)
     finally:

@@ -1,19 +1,23 @@
 """Metric ingest through the service vs raw psycopg inserts of the same rows, on Postgres.
 
-    .venv/bin/python bench/ingest.py [--clients 32] [--batch 100] [--seconds 10]
+    .venv/bin/python bench/ingest.py [--clients 32] [--batch 100] [--seconds 10] [--workers 1]
 
-Starts ``mixopt serve`` (one process) on a fresh Postgres database, then 32 concurrent clients
-post batches of 100 points for 10 s: points/s and p50/p99 latency per batch. In the same run, the
-same number of threads insert the same kind of rows straight into the table with psycopg
-(``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING``, one commit per batch): the ceiling
-for a durable, idempotent append. Prints both and their ratio.
+Starts ``mixopt serve`` (``--workers`` processes) on a fresh Postgres database, then 32
+concurrent clients post batches of 100 points for 10 s: points/s and p50/p99 latency per batch.
+The clients are wrk connections (``bench/ingest.lua``) when wrk is installed, else asyncio httpx
+(``--load httpx``), which on a 2-core machine takes a good part of the CPU the server needs.
+In the same run, the same number of threads insert the same kind of rows straight into the
+table with psycopg (``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING``, one commit
+per batch): the ceiling for a durable, idempotent append. Prints both and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -62,6 +66,28 @@ async def service_load(
     return posted, [*latencies, time.perf_counter() - started]
 
 
+def wrk_load(
+    url: str, token: str, run_ids: list[str], clients: int, batch: int, seconds: float
+) -> tuple[float, float, float]:
+    """Points/s, p50 and p99 (s) with wrk as the load generator (``bench/ingest.lua``)."""
+    threads = 2
+    script = Path(__file__).with_name("ingest.lua")
+    args = ["wrk", f"-t{threads}", f"-c{clients}", f"-d{int(seconds)}s", "--latency"]
+    args += ["--timeout", "60s", "-s", str(script), url, "--", token, str(batch), str(threads)]
+    out = subprocess.run([*args, *run_ids], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    if any("Non-2xx" in line for line in lines):
+        raise RuntimeError(f"some batches were not accepted:\n{out}")
+    rate = float(next(line for line in lines if "Requests/sec" in line).split()[-1])
+
+    def seconds_at(label: str) -> float:
+        value = next(line for line in lines if line.strip().startswith(label)).split()[1]
+        unit = next(u for u in ("us", "ms", "s") if value.endswith(u))
+        return float(value[: -len(unit)]) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
+
+    return rate * batch, seconds_at("50%"), seconds_at("99%")
+
+
 def raw_load(
     dsn: str, run_ids: list[str], clients: int, batch: int, seconds: float
 ) -> tuple[int, float]:
@@ -98,9 +124,17 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=1, help="mixopt serve --workers")
+    parser.add_argument(
+        "--load",
+        choices=["wrk", "httpx"],
+        default="wrk" if shutil.which("wrk") else "httpx",
+        help="load generator: wrk (C, light: measures the server) or asyncio httpx (Python: "
+        "on a small machine it takes CPU from the server)",
+    )
     args = parser.parse_args()
 
-    with bench_server() as server:
+    with bench_server(*(["--workers", str(args.workers)] if args.workers > 1 else [])) as server:
         token = server.token
         with httpx.Client(
             base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
@@ -120,21 +154,31 @@ def main() -> None:
             ).json()["items"]
         run_ids = [r["id"] for r in runs]
 
-        posted, timings = asyncio.run(
-            service_load(server.url, token, run_ids, args.clients, args.batch, args.seconds)
-        )
-        elapsed, latencies = timings[-1], timings[:-1]
-        service_rate = posted / elapsed
+        if args.load == "wrk":
+            service_rate, p50, p99 = wrk_load(
+                server.url, token, run_ids, args.clients, args.batch, args.seconds
+            )
+            posted_text = "wrk"
+        else:
+            posted, timings = asyncio.run(
+                service_load(server.url, token, run_ids, args.clients, args.batch, args.seconds)
+            )
+            elapsed, latencies = timings[-1], timings[:-1]
+            service_rate = posted / elapsed
+            p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
+            posted_text = f"httpx, {posted:,} points, {len(latencies):,} batches"
         raw_points, raw_elapsed = raw_load(
             server.dsn, run_ids, args.clients, args.batch, args.seconds
         )
         raw_rate = raw_points / raw_elapsed
 
-    print(f"clients={args.clients} batch={args.batch} seconds={args.seconds:g}")
     print(
-        f"service : {service_rate:10,.0f} points/s  ({posted:,} points, {len(latencies):,} batches)"
-        f"  latency p50 {statistics.median(latencies) * 1000:.1f} ms"
-        f"  p99 {percentile(latencies, 0.99) * 1000:.1f} ms"
+        f"clients={args.clients} batch={args.batch} seconds={args.seconds:g} "
+        f"workers={args.workers} load={args.load}"
+    )
+    print(
+        f"service : {service_rate:10,.0f} points/s  ({posted_text})"
+        f"  latency p50 {p50 * 1000:.1f} ms  p99 {p99 * 1000:.1f} ms"
     )
     print(f"raw SQL : {raw_rate:10,.0f} points/s  (psycopg unnest insert, same concurrency)")
     print(f"ratio service/raw: {service_rate / raw_rate:.2f}")

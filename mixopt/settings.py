@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535, description="port to bind")
     no_auth: bool = Field(default=False, description="skip auth (only allowed on loopback)")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="request size cap")
+    max_import_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="size cap of an experiment archive sent to POST /experiments/import "
+        "(bigger ones: mixopt experiment import --database-url)",
+    )
     token_cache_seconds: float = Field(
         default=5.0, ge=0, description="how long a token lookup is cached in process"
     )
@@ -50,6 +56,18 @@ class Settings(BaseSettings):
         description="answer weights polls from memory, kept fresh by LISTEN/NOTIFY (Postgres)",
     )
     log_level: str = Field(default="info", description="uvicorn log level")
+    fit_workers: int = Field(
+        default=1,
+        ge=0,
+        description="worker processes that run fits, off the server process (a fit is "
+        "CPU-bound for seconds to minutes); 0 runs fits in the server's threads",
+    )
+    db_pool_size: int = Field(
+        default=20,
+        ge=1,
+        description="database connections kept open per server process (up to twice as many "
+        "more while busy, each closed after use): mind the server's max_connections",
+    )
     auth_free_failures: int = Field(
         default=20,
         ge=0,

@@ -65,11 +65,11 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> ServerProcess:
+    def start(self, timeout: float = 60) -> ServerProcess:
         env = {**os.environ, "MIXOPT_DATABASE_URL": self.database_url}
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.process = self._spawn(env, log)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()}")

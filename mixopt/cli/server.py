@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import re
 import sys
 from datetime import timedelta
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 import typer
 
 from mixopt import __version__
 from mixopt.cli._common import DatabaseUrl, _fail, _settings
 from mixopt.schemas import API_PREFIX, NAME_PATTERN, Scope
-from mixopt.settings import is_loopback
+from mixopt.settings import Settings, is_loopback
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
@@ -35,6 +37,22 @@ def serve(
         bool, typer.Option("--demo", help="load a demo experiment and print an admin token")
     ] = False,
     log_level: Annotated[str | None, typer.Option(help="uvicorn log level")] = None,
+    fit_workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="processes that run fits, per server process (0: in the server's threads) "
+            "[default: 1]",
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="server processes (Postgres only: SQLite has a single writer); each keeps "
+            "its own token cache and connection pool",
+        ),
+    ] = 1,
 ) -> None:
     """Upgrade the schema (under a lock) and serve the API."""
     import uvicorn
@@ -44,14 +62,21 @@ def serve(
     from service.store.sql import make_engine
 
     settings = _settings(
-        database_url, host=host, port=port, log_level=log_level, no_auth=no_auth or None
+        database_url,
+        host=host,
+        port=port,
+        log_level=log_level,
+        no_auth=no_auth or None,
+        fit_workers=fit_workers,
     )
     if settings.no_auth and not is_loopback(settings.host):
         raise _fail(
             f"--no-auth is refused on {settings.host}: "
             "bind to a loopback address (127.0.0.1 or ::1)"
         )
-    engine = make_engine(settings.database_url)
+    if workers > 1 and not settings.database_url.startswith("postgresql"):
+        raise _fail("--workers > 1 needs Postgres: SQLite takes one writer at a time")
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     schema.upgrade(engine)
     store = SqlStore(engine, weights_cache=settings.weights_cache)
     if demo:
@@ -68,6 +93,23 @@ def serve(
             f'try: curl -H "Authorization: Bearer $MIXOPT_TOKEN" '
             f"http://{settings.host}:{settings.port}{API_PREFIX}/experiments"
         )
+    if workers > 1:
+        # Each worker process builds its own app, store and pool from these settings (passed in
+        # the environment: uvicorn spawns the workers). The caches stay correct across them:
+        # the weights cache follows LISTEN/NOTIFY, a token lookup is cached a few seconds per
+        # process (as with one), and each lease sweep is an idempotent UPDATE.
+        store.close()
+        os.environ[_WORKER_SETTINGS] = settings.model_dump_json()
+        uvicorn.run(
+            f"{__name__}:worker_app",
+            factory=True,
+            workers=workers,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=10,
+        )
+        return
     try:
         uvicorn.run(
             create_app(settings, store),
@@ -78,6 +120,24 @@ def serve(
         )
     finally:
         store.close()
+
+
+_WORKER_SETTINGS = "_MIXOPT_SERVE_SETTINGS"
+
+
+def worker_app() -> Any:
+    """The app of one ``serve --workers N`` process (a uvicorn factory)."""
+    from service.main import create_app
+    from service.store import SqlStore
+    from service.store.sql import make_engine
+
+    settings = Settings.model_validate_json(os.environ[_WORKER_SETTINGS])
+    store = SqlStore(
+        make_engine(settings.database_url, pool_size=settings.db_pool_size),
+        weights_cache=settings.weights_cache,
+    )
+    atexit.register(store.close)
+    return create_app(settings, store)
 
 
 @db_app.command("upgrade")

@@ -40,10 +40,9 @@ def _newest_known(if_none_match: str | None) -> int:
 async def get_weights(
     run_id: str,
     store: StoreDep,
-    response: Response,
     at_step: Annotated[int | None, Query(ge=0, le=schemas.MAX_STEP)] = None,
     if_none_match: Annotated[str | None, Header()] = None,
-) -> schemas.Weights | Response:
+) -> Response:
     """The current weights: from the store's cache on the event loop when it has them, else an
     indexed read in a thread (no mixer maths on a poll either way)."""
     record = store.cached_weights(run_id) if at_step is None else None
@@ -54,8 +53,13 @@ async def get_weights(
     etag = _etag(record.version)
     if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
         return Response(status_code=304, headers={"ETag": etag})
-    response.headers["ETag"] = etag
-    return weights_out(record)
+    # Encoded here, as FastAPI would (JSON, by alias), instead of returned for FastAPI to
+    # validate against the response model again first: the poll is the hot path.
+    return Response(
+        weights_out(record).model_dump_json(by_alias=True),
+        media_type="application/json",
+        headers={"ETag": etag},
+    )
 
 
 @router.get("/{run_id}/weights/history", dependencies=[ReadDep])

@@ -17,8 +17,9 @@ from sqlalchemy import (
     tuple_,
     union_all,
 )
+from sqlalchemy.exc import DBAPIError
 
-from mixopt.errors import Conflict, InvalidInput
+from mixopt.errors import Conflict, InvalidInput, NotFound
 from service.store.base import Page, PointRecord, SeriesPoint
 from service.store.cursor import decode_cursor
 from service.store.models import MetricPointRow
@@ -26,6 +27,8 @@ from service.store.sql._base import SqlStoreBase, _chunks, _page, _parse_id
 
 __all__ = ["MetricStore"]
 
+_CONFLICT = "mixopt-metric-conflict:"
+"""Marks the error of a point stored with another value (see ``_append_postgres``)."""
 _BUCKETED_NAMES = 200  # names per bucket query (SQLite allows 500 terms in a compound SELECT)
 
 
@@ -48,58 +51,103 @@ class MetricStore(SqlStoreBase):
                     ("body", "points", index),
                     f"point ({name!r}, step {step}) appears twice in the batch with other values",
                 )
+        if unique and self._dialect == "postgresql":
+            return len(unique), self._append_postgres(rid, unique)
         with self._write() as conn:
-            self._load_run(conn, rid)
             if not unique:
+                self._load_run(conn, rid)
                 return 0, 0
-            inserted = self._insert_points(conn, rid, unique)
-            known = [key for key in unique if key not in inserted]
-            for chunk in _chunks(known):
+            new = self._insert_points(conn, rid, unique)
+            if new < len(unique):
+                # Some points were stored already (a retry, or another writer): the same value
+                # is a no-op, another one a conflict. The points just inserted compare equal.
+                self._check_stored(conn, rid, unique)
+            return len(unique), new
+
+    def _append_postgres(self, rid: int, points: dict[tuple[str, int], float]) -> int:
+        """The append as one statement in its own transaction (autocommit: no BEGIN and COMMIT
+        round trips; it is durable when it returns): how many points were new.
+
+        A point already stored with the same value is left alone; with another value, the
+        ``ON CONFLICT`` branch fails the statement (a cast that cannot succeed, naming the
+        point), so nothing of the batch is written. It sees the latest committed row, so a
+        concurrent batch with another value for the same point is a conflict too.
+        """
+        # In key order: batches that share points then wait for one another's rows in one
+        # order, never in a cycle (Postgres would abort one with "deadlock detected").
+        keys = sorted(points)
+        names, steps = zip(*keys, strict=True)
+        statement = text(
+            "WITH run AS (SELECT id FROM runs WHERE id = :run_id), "
+            "new AS (INSERT INTO metric_points (run_id, name, step, value) "
+            "SELECT run.id, n, s, v FROM run, unnest("
+            "CAST(:names AS varchar[]), CAST(:steps AS bigint[]), "
+            "CAST(:values AS float8[])) AS t(n, s, v) "
+            "ON CONFLICT (run_id, name, step) DO UPDATE SET value = metric_points.value "
+            "WHERE CASE WHEN metric_points.value = EXCLUDED.value THEN false "
+            f"ELSE CAST('{_CONFLICT}' || EXCLUDED.step || ':' || EXCLUDED.name AS int) = 0 END "
+            "RETURNING 1) "
+            "SELECT EXISTS (SELECT FROM run), (SELECT count(*) FROM new)"
+        )
+        values = [points[key] for key in keys]
+        params = {"run_id": rid, "names": list(names), "steps": list(steps), "values": values}
+        with self.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                found, new = conn.execute(statement, params).one()
+            except DBAPIError as error:
+                message = str(error.orig)
+                if _CONFLICT not in message:
+                    raise
+                step_text, _, rest = message.partition(_CONFLICT)[2].partition(":")
+                step = int(step_text)
+                # The name ends at the closing quote of the message (names have no quotes).
+                name = next(n for n, s in keys if s == step and rest.startswith(f'{n}"'))
                 stored = conn.execute(
-                    select(MetricPointRow.name, MetricPointRow.step, MetricPointRow.value).where(
+                    select(MetricPointRow.value).where(
                         MetricPointRow.run_id == rid,
-                        tuple_(MetricPointRow.name, MetricPointRow.step).in_(list(chunk)),
+                        MetricPointRow.name == name,
+                        MetricPointRow.step == step,
                     )
+                ).scalar()
+                raise Conflict(
+                    f"point ({name!r}, step {step}) is stored with value {stored!r}, "
+                    f"not {points[(name, step)]!r}"
+                ) from None
+        if not found:
+            raise NotFound(f"run {rid} not found")
+        return int(new)
+
+    @staticmethod
+    def _check_stored(conn: Connection, rid: int, points: dict[tuple[str, int], float]) -> None:
+        for chunk in _chunks(list(points)):
+            stored = conn.execute(
+                select(MetricPointRow.name, MetricPointRow.step, MetricPointRow.value).where(
+                    MetricPointRow.run_id == rid,
+                    tuple_(MetricPointRow.name, MetricPointRow.step).in_(chunk),
                 )
-                for name, step, value in stored:
-                    if value != unique[(name, step)]:
-                        # Raising rolls the whole batch back: all-or-nothing.
-                        raise Conflict(
-                            f"point ({name!r}, step {step}) is stored with value {value!r}, "
-                            f"not {unique[(name, step)]!r}"
-                        )
-            return len(unique), len(inserted)
+            )
+            for name, step, value in stored:
+                if value != points[(name, step)]:
+                    # Raising rolls the whole batch back: all-or-nothing.
+                    raise Conflict(
+                        f"point ({name!r}, step {step}) is stored with value {value!r}, "
+                        f"not {points[(name, step)]!r}"
+                    )
 
     def _insert_points(
         self, conn: Connection, rid: int, points: dict[tuple[str, int], float]
-    ) -> set[tuple[str, int]]:
-        """Insert what is new; return the keys inserted (the rest were already stored)."""
-        if self._dialect == "postgresql":
-            # One statement over three arrays: far cheaper than a multi-row VALUES list.
-            names, steps = zip(*points, strict=True)
-            rows = conn.execute(
-                text(
-                    "INSERT INTO metric_points (run_id, name, step, value) "
-                    "SELECT :run_id, n, s, v FROM unnest("
-                    "CAST(:names AS varchar[]), CAST(:steps AS bigint[]), "
-                    "CAST(:values AS float8[])) AS t(n, s, v) "
-                    "ON CONFLICT (run_id, name, step) DO NOTHING RETURNING name, step"
-                ),
-                {
-                    "run_id": rid,
-                    "names": list(names),
-                    "steps": list(steps),
-                    "values": list(points.values()),
-                },
-            )
-            return {(n, s) for n, s in rows}
+    ) -> int:
+        """Insert what is new into run ``rid`` (NotFound without it); how many were new. (SQLite:
+        Postgres appends in one statement, see ``_append_postgres``.)"""
+        self._load_run(conn, rid)
         statement = (
             self._insert(MetricPointRow)
             .on_conflict_do_nothing(index_elements=["run_id", "name", "step"])
-            .returning(MetricPointRow.name, MetricPointRow.step)
+            .returning(MetricPointRow.id)
         )
         values = [{"run_id": rid, "name": n, "step": s, "value": v} for (n, s), v in points.items()]
-        return {(n, s) for n, s in conn.execute(statement, values).all()}
+        return len(conn.execute(statement, values).all())
 
     def list_metrics(
         self, run_id: str, *, name: str | None, limit: int, cursor: str | None

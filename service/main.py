@@ -14,12 +14,16 @@ from starlette.concurrency import run_in_threadpool
 from mixopt import __version__, schemas
 from mixopt.schemas import API_PREFIX
 from mixopt.settings import Settings
-from service.api.routes import dashboard, experiments, online, ops, runs, tokens
+from service.api.routes import dashboard, docs, experiments, online, ops, runs, tokens
 from service.auth import Authenticator, FailureThrottle
+from service.fit_runner import FitRunner
 from service.middleware import BodyLimitMiddleware, RequestMetrics, RequestMetricsMiddleware
+from service.openapi_doc import add_links, add_unsupported_media_type
 from service.operations import Operations
 from service.problems import install_problem_handlers
 from service.store import Store
+from service.store.archive import ExperimentArchive
+from service.store.unavailable import database_unavailable, describe
 
 __all__ = ["API_PREFIX", "create_app"]
 
@@ -34,18 +38,24 @@ async def _sweep_leases(store: Store, every: float) -> None:
             returned = await run_in_threadpool(store.expire_leases)
             if returned:
                 log.info("returned %d runs with expired leases", returned)
-        except Exception:
-            log.exception("lease sweep failed; retrying later")
+        except Exception as exc:
+            # Never ends the loop: leases must expire again once the database is back.
+            if database_unavailable(exc):  # expected during an outage: one line, no stack
+                log.warning("lease sweep: database unavailable (%s); retrying later", describe(exc))
+            else:
+                log.exception("lease sweep failed; retrying later")
 
 
 def create_app(settings: Settings, store: Store) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         sweeper = asyncio.create_task(_sweep_leases(store, settings.lease_sweep_seconds))
+        await fits.start()
         try:
             yield
         finally:
             sweeper.cancel()
+            await fits.stop()
 
     app = FastAPI(
         title="mixopt",
@@ -53,10 +63,14 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
         description="Finds the best data mixture for training a language model. "
         "HTTP API version 1; this document is its reference.",
         lifespan=lifespan,
+        # Served by routes.docs from the installed package instead of a CDN (works offline).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.store = store
-    app.state.ops = Operations(store)
+    fits = FitRunner(store, settings.fit_workers)
+    app.state.ops = Operations(store, fits)
     app.state.request_metrics = RequestMetrics()
     app.state.auth = Authenticator(
         store,
@@ -73,12 +87,17 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
     api.include_router(tokens.router)
     app.include_router(api)
     app.include_router(ops.router)
+    app.include_router(docs.router)
     app.include_router(dashboard.ui)
     app.include_router(dashboard.home)
     app.include_router(dashboard.pages)
 
     install_problem_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        per_path={f"{API_PREFIX}/experiments/import": settings.max_import_bytes},
+    )
     if settings.cors_origins:
         # Closed unless configured: a browser app on another origin may call the API only
         # from the origins listed (tokens travel in the Authorization header, not cookies).
@@ -102,7 +121,13 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
             known = components.setdefault("schemas", {})
             # Problem documents every error; the run bodies are referenced by a oneOf that
             # FastAPI does not see (the body is validated against the experiment's mode).
-            for model in (schemas.Problem, schemas.RunImport, schemas.OnlineRunCreate):
+            for model in (
+                schemas.Problem,
+                schemas.RunImport,
+                schemas.OnlineRunCreate,
+                ExperimentArchive,  # the body of import and the answer of export
+                schemas.MetricsBatch,  # validated from the raw bytes: see service.api.body
+            ):
                 found = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 known.update(found.pop("$defs", {}))
                 known[model.__name__] = found
@@ -111,6 +136,8 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
                 "scheme": "bearer",
             }
             document["security"] = [{"bearer": []}]
+            add_links(document)
+            add_unsupported_media_type(document)
         return app.openapi_schema or document
 
     app.openapi = openapi  # type: ignore[method-assign]

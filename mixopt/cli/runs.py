@@ -290,3 +290,33 @@ def runs_export(
     output.write_text(text, encoding="utf-8")
     runs = max(0, len(text.splitlines()) - 1)
     _console(stderr=True).print(f"wrote {runs} runs to {output}")
+
+
+@runs_app.command("retry")
+def runs_retry(
+    run_ids: Annotated[
+        list[str] | None, typer.Argument(help="failed runs to retry", show_default=False)
+    ] = None,
+    failed_of: Annotated[
+        str | None,
+        typer.Option(
+            "--failed-of",
+            help="retry every failed run of this experiment",
+            show_default=False,
+        ),
+    ] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Put failed runs back in the queue with a fresh attempt budget (after fixing what made
+    them fail): the runs named, or every failed run of an experiment with --failed-of."""
+    if not run_ids and failed_of is None:
+        raise _fail("name the runs to retry, or give --failed-of EXPERIMENT_ID")
+    with _api(url, token) as client:
+        targets = list(run_ids or [])
+        if failed_of is not None:
+            targets += [r.id for r in client.iter_runs(failed_of, status="failed")]
+        for run_id in targets:
+            run = client.retry_run(run_id)
+            _console().print(f"run {run.id}: {run.status} (attempt {run.attempt})")
+    _console(stderr=True).print(f"{len(targets)} run(s) back in the queue")

@@ -590,6 +590,11 @@ class MixoptClient:
             schemas.Run, "POST", f"{API_PREFIX}/runs/{_q(run_id)}/release", json=self._body(body)
         )
 
+    def retry_run(self, run_id: str) -> schemas.Run:
+        """``POST /runs/{id}/retry``: a failed offline run back to pending with a fresh attempt
+        budget (``ConflictError`` for a run in any other status)."""
+        return self._model(schemas.Run, "POST", f"{API_PREFIX}/runs/{_q(run_id)}/retry")
+
     def exclude(
         self, run_id: str, excluded: bool = True, *, reason: str | None = None
     ) -> schemas.Run:

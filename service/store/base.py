@@ -369,6 +369,11 @@ class Store(ABC):
         """This attempt failed: pending again with attempt + 1, or failed after max_attempts."""
 
     @abstractmethod
+    def retry(self, run_id: str) -> RunRecord:
+        """A failed offline run back to pending with a fresh attempt budget (its reason
+        cleared); ``Conflict`` for any other status or an online run."""
+
+    @abstractmethod
     def release(self, run_id: str, worker: str) -> RunRecord:
         """Give the lease back: pending again, attempt unchanged."""
 

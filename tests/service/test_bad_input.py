@@ -280,6 +280,8 @@ CASES = [
          loc=("body", "sizes", 0)),
     Case("exclude-other-experiment-run", "POST", R + "/99999999999999999999999/exclude", 404,
          json={"excluded": True}),
+    Case("retry-completed-run", "POST", R + "/{done}/retry", 409),
+    Case("retry-running-run", "POST", R + "/{run}/retry", 409),
     # --- content types and malformed JSON ---------------------------------------------------------
     Case("text-plain", "POST", E + "/{eid}/proposals", 415, raw=b'{"count": 1}',
          content_type="text/plain"),

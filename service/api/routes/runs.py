@@ -75,6 +75,13 @@ def release(run_id: str, body: schemas.ReleaseRequest, store: StoreDep) -> schem
     return run_out(store.release(run_id, body.worker))
 
 
+@router.post("/{run_id}/retry", dependencies=[WriteDep])
+def retry(run_id: str, store: StoreDep) -> schemas.Run:
+    """Put a failed offline run back in the queue with a fresh attempt budget (e.g. once the
+    training command is fixed); 409 for a run in any other status."""
+    return run_out(store.retry(run_id))
+
+
 @router.post("/{run_id}/exclude", dependencies=[WriteDep])
 def exclude(run_id: str, body: schemas.ExcludeRequest, store: StoreDep) -> schemas.Run:
     return run_out(store.exclude(run_id, body.excluded, body.reason))

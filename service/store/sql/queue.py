@@ -353,6 +353,26 @@ class QueueStore(SqlStoreBase):
                 values.update(status="pending", attempt=row.attempt + 1)
             return self._update_run(conn, rid, **values)
 
+    def retry(self, run_id: str) -> RunRecord:
+        rid = _parse_id(run_id, "run")
+        now = self._clock()
+        with self._write() as conn:
+            row = self._load_run(conn, rid, lock=True)
+            if self._load_experiment(conn, row.experiment_id).mode != "offline":
+                raise Conflict(f"run {rid} is an online training run; only offline runs retry")
+            if row.status != "failed":
+                raise Conflict(f"run {rid} is {row.status}; only a failed run can be retried")
+            return self._update_run(
+                conn,
+                rid,
+                status="pending",
+                attempt=1,
+                worker=None,
+                lease_expires_at=None,
+                reason=None,
+                updated_at=now,
+            )
+
     def release(self, run_id: str, worker: str) -> RunRecord:
         rid = _parse_id(run_id, "run")
         now = self._clock()

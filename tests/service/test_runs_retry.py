@@ -1,0 +1,94 @@
+"""``POST /runs/{id}/retry``: a failed offline run goes back to the queue with a fresh budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mixopt.errors import Conflict
+from service.store import NewRun, SqlStore
+from tests.conftest import Tokens
+
+WEIGHTS = {"web": 0.5, "code": 0.3, "papers": 0.2}
+
+
+def failed_run(client: TestClient, experiment: dict[str, Any]) -> str:
+    """A run that failed all of its attempts (the experiment allows 3)."""
+    eid = experiment["id"]
+    run_id = client.post(f"/api/v1/experiments/{eid}/runs", json={"weights": WEIGHTS}).json()["id"]
+    for _ in range(3):
+        claimed = client.post(f"/api/v1/experiments/{eid}/claim", json={"worker": "w"}).json()
+        assert claimed["id"] == run_id
+        client.post(f"/api/v1/runs/{run_id}/fail", json={"reason": "OOM", "worker": "w"})
+    run = client.get(f"/api/v1/runs/{run_id}").json()
+    assert (run["status"], run["attempt"], run["reason"]) == ("failed", 3, "OOM")
+    return str(run_id)
+
+
+def test_a_failed_run_is_pending_again_with_a_fresh_attempt_budget(
+    client: TestClient, experiment: dict[str, Any]
+) -> None:
+    run_id = failed_run(client, experiment)
+    response = client.post(f"/api/v1/runs/{run_id}/retry")
+    assert response.status_code == 200, response.text
+    run = response.json()
+    assert (run["status"], run["attempt"], run["reason"], run["worker"]) == (
+        "pending",
+        1,
+        None,
+        None,
+    )
+    claimed = client.post(f"/api/v1/experiments/{experiment['id']}/claim", json={"worker": "w2"})
+    assert claimed.json()["id"] == run_id  # the queue hands it out again
+
+
+def test_only_failed_runs_can_be_retried(client: TestClient, experiment: dict[str, Any]) -> None:
+    eid = experiment["id"]
+    pending = client.post(f"/api/v1/experiments/{eid}/runs", json={"weights": WEIGHTS}).json()
+    response = client.post(f"/api/v1/runs/{pending['id']}/retry")
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "pending" in response.json()["detail"]
+    assert client.post("/api/v1/runs/999999/retry").status_code == 404
+
+
+def test_retrying_needs_the_write_scope(
+    client: TestClient, experiment: dict[str, Any], tokens: Tokens
+) -> None:
+    run_id = failed_run(client, experiment)
+    refused = client.post(f"/api/v1/runs/{run_id}/retry", headers=tokens.header("read"))
+    assert refused.status_code == 403
+    assert client.get(f"/api/v1/runs/{run_id}").json()["status"] == "failed"
+
+
+def test_an_online_training_run_cannot_be_retried(client: TestClient) -> None:
+    from tests.service.test_online import online_body
+
+    eid = client.post("/api/v1/experiments", json=online_body()).json()["id"]
+    run = client.post(f"/api/v1/experiments/{eid}/runs", json={"name": "main"}).json()
+    response = client.post(f"/api/v1/runs/{run['id']}/retry")
+    assert response.status_code == 409 and "online" in response.json()["detail"]
+
+
+def test_store_retry_of_a_failed_run_clears_its_reason(store: SqlStore) -> None:
+    from service.store import NewExperiment
+
+    created = store.create_experiment(
+        NewExperiment(
+            name="retry",
+            mode="offline",
+            method="regmix",
+            domains=[{"name": "a", "prior": 0.5}, {"name": "b", "prior": 0.5}],
+            objective={"metrics": {"loss": 1.0}, "direction": "minimize"},
+            config={"seed": 1, "max_attempts": 1},
+        )
+    )
+    (run,) = store.add_runs(created.id, [NewRun({"a": 0.5, "b": 0.5})])
+    assert store.claim(created.id, "w", 60) is not None
+    assert store.fail(run.id, "broken command", "w").status == "failed"
+    again = store.retry(run.id)
+    assert (again.status, again.attempt, again.reason, again.worker) == ("pending", 1, None, None)
+    with pytest.raises(Conflict):
+        store.retry(run.id)

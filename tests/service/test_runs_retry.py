@@ -92,3 +92,27 @@ def test_store_retry_of_a_failed_run_clears_its_reason(store: SqlStore) -> None:
     assert (again.status, again.attempt, again.reason, again.worker) == ("pending", 1, None, None)
     with pytest.raises(Conflict):
         store.retry(run.id)
+
+
+def test_a_run_completed_after_a_failed_attempt_keeps_no_stale_reason(store: SqlStore) -> None:
+    from service.store import NewExperiment
+
+    created = store.create_experiment(
+        NewExperiment(
+            name="stale",
+            mode="offline",
+            method="regmix",
+            domains=[{"name": "a", "prior": 0.5}, {"name": "b", "prior": 0.5}],
+            objective={"metrics": {"loss": 1.0}, "direction": "minimize"},
+            config={"seed": 1},
+        )
+    )
+    first, second = store.add_runs(created.id, [NewRun({"a": 0.5, "b": 0.5})] * 2)
+    claimed = store.claim(created.id, "w", 60)
+    assert claimed is not None and claimed.id == first.id
+    assert store.fail(first.id, "CUDA out of memory", "w").reason == "CUDA out of memory"
+    assert store.claim(created.id, "w", 60) is not None
+    assert store.complete(first.id, {"loss": 2.0}, "w").reason is None
+    # An exclusion's reason is not an attempt's: it stays.
+    store.exclude(second.id, True, "bad node")
+    assert store.complete(second.id, {"loss": 9.0}, None).reason == "bad node"

@@ -314,6 +314,9 @@ class QueueStore(SqlStoreBase):
                 metrics=dict(metrics),
                 worker=None,
                 lease_expires_at=None,
+                # An earlier attempt's failure is history once the run completes; the reason
+                # of an exclusion still applies.
+                reason=row.reason if row.excluded else None,
                 updated_at=now,
             )
             # An online run's mixer state is frozen with it (no-op for offline runs).

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import make_url
 from typer.testing import CliRunner, Result
 
 import mixopt.client
@@ -635,3 +636,36 @@ def test_runs_retry_puts_failed_runs_back_by_id_or_by_experiment(
     again = mixopt_cli("runs", "retry", runs[0].id, expect=1)  # it is pending now: 409
     assert "409" in again.output and "only a failed run" in again.output
     assert "give --failed-of" in mixopt_cli("runs", "retry", expect=2).output
+
+
+def test_without_a_token_the_error_says_how_to_get_one(server: ThreadedServer) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["experiment", "list", "--url", server.url],
+        env={"MIXOPT_URL": None, "MIXOPT_TOKEN": None, "COLUMNS": "200"},
+    )
+    assert result.exit_code == 1
+    assert "401" in result.output
+    assert "MIXOPT_TOKEN" in result.output and "mixopt token create" in result.output
+
+
+def test_a_missing_or_unreachable_database_is_one_line_not_a_traceback() -> None:
+    from tests.conftest import PG_SERVER
+    from tests.servers import free_port
+
+    runner = CliRunner()
+    missing = make_url(PG_SERVER).set(database="mixopt_no_such_database")
+    result = runner.invoke(
+        app,
+        ["token", "create", "--name", "x", "--database-url", missing.render_as_string(False)],
+    )
+    assert result.exit_code == 2
+    assert 'database "mixopt_no_such_database" does not exist' in result.output
+    assert "createdb" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    nowhere = make_url(PG_SERVER).set(host="127.0.0.1", port=free_port())
+    result = runner.invoke(
+        app, ["db", "upgrade", "--database-url", nowhere.render_as_string(False)]
+    )
+    assert result.exit_code == 2 and "cannot connect to the database at 127.0.0.1" in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -12,6 +12,7 @@ from mixopt.settings import Settings
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from sqlalchemy.engine import Engine
 
     from mixopt.client import MixoptClient
 
@@ -35,6 +36,47 @@ def _settings(database_url: str | None, **overrides: object) -> Settings:
 def _fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+# --- opening a database ------------------------------------------------------------------------
+
+
+def _database_problem(url: str, exc: Exception) -> str:
+    """One line saying why the database at ``url`` cannot be used, and what to do about it."""
+    from sqlalchemy import make_url
+
+    parsed = make_url(url)
+    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    first = next((line.strip() for line in cause if line.strip()), type(exc).__name__)
+    if parsed.get_backend_name() == "sqlite":
+        return f"cannot open the SQLite database {parsed.database}: {first}"
+    host, port = parsed.host or "localhost", parsed.port or 5432
+    if "does not exist" in first and parsed.database and f'"{parsed.database}"' in first:
+        user = f" -U {parsed.username}" if parsed.username else ""
+        return (
+            f'database "{parsed.database}" does not exist on {host}:{port}; create it with: '
+            f"createdb -h {host} -p {port}{user} {parsed.database}"
+        )
+    return f"cannot connect to the database at {host}:{port}: {first.removeprefix('FATAL:  ')}"
+
+
+def _open_database(
+    url: str, *, pool_size: int = 10, revision: str = "head"
+) -> tuple[Engine, str | None]:
+    """An engine on ``url`` with the schema migrated to ``revision``, and the revision reached;
+    a database that is missing or unreachable is one line and exit status 2, not a traceback."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from service.store import schema
+    from service.store.sql import make_engine
+
+    engine = make_engine(url, pool_size=pool_size)
+    try:
+        reached = schema.upgrade(engine, revision)
+    except (OperationalError, DBAPIError) as exc:
+        engine.dispose()
+        raise _fail(_database_problem(url, exc)) from None
+    return engine, reached
 
 
 # --- talking to a server -----------------------------------------------------------------------
@@ -85,6 +127,12 @@ def _api(url: str, token: str | None) -> Iterator[MixoptClient]:
         err = _console(stderr=True)
         for item in exc.errors:
             err.print(f"  {'.'.join(str(part) for part in item.loc)}: {item.msg}")
+        if exc.status == 401 and not token:
+            err.print(
+                "  no token was given: pass --token or set MIXOPT_TOKEN (an admin creates "
+                "one with `mixopt token create --scope write --name NAME`; `mixopt serve "
+                "--demo` prints one)"
+            )
         raise typer.Exit(1) from None
     except httpx.TransportError as exc:
         _error(f"cannot reach {url}: {exc}")

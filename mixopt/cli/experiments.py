@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from mixopt.cli._common import Token, Url, _api, _console, _error, _fail, _settings
+from mixopt.cli._common import (
+    Token,
+    Url,
+    _api,
+    _console,
+    _error,
+    _fail,
+    _open_database,
+    _settings,
+)
 from mixopt.schemas import DEFAULT_URL, ExperimentStatus
 
 if TYPE_CHECKING:
@@ -147,12 +156,10 @@ def _direct_store(database_url: str) -> Iterator[Store]:
     """The store of a database, migrated to head as ``serve`` would; its errors become a
     message and exit status 1."""
     from mixopt.errors import InvalidInput, MixoptError
-    from service.store import SqlStore, schema
-    from service.store.sql import make_engine
+    from service.store import SqlStore
 
-    engine = make_engine(_settings(database_url).database_url)
+    engine, _ = _open_database(_settings(database_url).database_url)
     try:
-        schema.upgrade(engine)
         store = SqlStore(engine)
         yield store
     except MixoptError as exc:

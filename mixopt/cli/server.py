@@ -13,7 +13,7 @@ from typing import Annotated, Any, cast
 import typer
 
 from mixopt import __version__
-from mixopt.cli._common import DatabaseUrl, _fail, _settings
+from mixopt.cli._common import DatabaseUrl, _fail, _open_database, _settings
 from mixopt.schemas import API_PREFIX, NAME_PATTERN, Scope
 from mixopt.settings import Settings, is_loopback
 
@@ -58,8 +58,7 @@ def serve(
     import uvicorn
 
     from service.main import create_app
-    from service.store import SqlStore, schema
-    from service.store.sql import make_engine
+    from service.store import SqlStore
 
     settings = _settings(
         database_url,
@@ -76,8 +75,7 @@ def serve(
         )
     if workers > 1 and not settings.database_url.startswith("postgresql"):
         raise _fail("--workers > 1 needs Postgres: SQLite takes one writer at a time")
-    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
-    schema.upgrade(engine)
+    engine, _ = _open_database(settings.database_url, pool_size=settings.db_pool_size)
     store = SqlStore(engine, weights_cache=settings.weights_cache)
     if demo:
         from service.demo import load_demo
@@ -146,11 +144,8 @@ def db_upgrade(
     revision: Annotated[str, typer.Option(help="target revision")] = "head",
 ) -> None:
     """Apply the schema migrations (safe while other replicas start: it takes a lock)."""
-    from service.store import schema
-    from service.store.sql import make_engine
 
-    engine = make_engine(_settings(database_url).database_url)
-    reached = schema.upgrade(engine, revision)
+    _, reached = _open_database(_settings(database_url).database_url, revision=revision)
     typer.echo(f"database at revision {reached}")
 
 
@@ -176,15 +171,14 @@ def token_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create an API token; the token is printed alone on the last line (shown once)."""
-    from service.store import SqlStore, schema
-    from service.store.sql import make_engine, utcnow
+    from service.store import SqlStore
+    from service.store.sql import utcnow
 
     if scope not in ("read", "write", "admin"):
         raise _fail(f"--scope must be read, write or admin, not {scope!r}")
     if not re.fullmatch(NAME_PATTERN, name):
         raise _fail(f"--name must match {NAME_PATTERN}")
-    engine = make_engine(_settings(database_url).database_url)
-    schema.upgrade(engine)
+    engine, _ = _open_database(_settings(database_url).database_url)
     store = SqlStore(engine)
     expires = utcnow() + timedelta(days=expires_days) if expires_days else None
     record, secret = store.create_token(name, cast(Scope, scope), expires)

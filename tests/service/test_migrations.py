@@ -66,6 +66,27 @@ def revisions() -> list[str]:
     return [r.revision for r in reversed(list(script.walk_revisions()))]
 
 
+def _insert_old_experiment(conn: Any, now: Any) -> int:
+    """An experiment row with only the columns every revision has (the models' own insert
+    would name columns an older revision lacks)."""
+    experiment_id: int = conn.execute(
+        insert(ExperimentRow)
+        .values(
+            name="old",
+            mode="offline",
+            method="regmix",
+            domains=[],
+            objective={},
+            config={},
+            status="active",
+            created_at=now,
+            updated_at=now,
+        )
+        .returning(ExperimentRow.id)
+    ).scalar_one()
+    return experiment_id
+
+
 def test_upgrade_from_empty_creates_every_table(empty_database: str) -> None:
     engine = make_engine(empty_database)
     assert schema.upgrade(engine) == schema.head_revision()
@@ -227,21 +248,7 @@ def test_a_fit_model_stored_before_formats_existed_reads_back_as_pickle(
     fit = {"model": "linear", "requested": "auto", "n_runs": 8, "report": {}, "fitted_at": now}
     # Only the columns revision 0002 has: the models' own insert would name model_format.
     with engine.begin() as conn:
-        experiment_id = conn.execute(
-            insert(ExperimentRow)
-            .values(
-                name="old",
-                mode="offline",
-                method="regmix",
-                domains=[],
-                objective={},
-                config={},
-                status="active",
-                created_at=now,
-                updated_at=now,
-            )
-            .returning(ExperimentRow.id)
-        ).scalar_one()
+        experiment_id = _insert_old_experiment(conn, now)
         conn.execute(insert(FitRow).values(experiment_id=experiment_id, model_blob=None, **fit))
         conn.execute(insert(FitRow).values(experiment_id=experiment_id, model_blob=blob, **fit))
     schema.upgrade(engine)
@@ -344,21 +351,7 @@ def test_fits_stored_before_fit_status_existed_read_back_completed(empty_databas
     schema.upgrade(engine, "0004_experiment_imported_from")
     now = utcnow()
     with engine.begin() as conn:
-        experiment_id = conn.execute(
-            insert(ExperimentRow)
-            .values(
-                name="old",
-                mode="offline",
-                method="regmix",
-                domains=[],
-                objective={},
-                config={},
-                status="active",
-                created_at=now,
-                updated_at=now,
-            )
-            .returning(ExperimentRow.id)
-        ).scalar_one()
+        experiment_id = _insert_old_experiment(conn, now)
         # Only the columns revision 0004 has.
         conn.execute(
             insert(FitRow).values(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import Connection, Row, insert, select
 from sqlalchemy.exc import DataError, IntegrityError
 
@@ -76,6 +77,12 @@ _FIT_STATUS_FIELDS = (
 )
 
 
+def _columns(row: Row[Any], model: type[BaseModel], *skip: str) -> dict[str, Any]:
+    """The columns of ``row`` that ``model`` has a field for (the archive keeps the store's
+    names), but ``skip``."""
+    return {name: getattr(row, name) for name in model.model_fields if name not in skip}
+
+
 class TransferStore(ExperimentStore):
     def export_experiment(self, experiment_id: str, origin: str) -> ExperimentArchive:
         """Everything the experiment holds, read in one snapshot (an export during training
@@ -125,17 +132,7 @@ class TransferStore(ExperimentStore):
             exported_at=exported_at,
             mixopt_version=__version__,
             experiment=ArchivedExperiment(
-                id=str(row.id),
-                name=row.name,
-                mode=row.mode,
-                method=row.method,
-                domains=row.domains,
-                objective=row.objective,
-                config=row.config,
-                status=row.status,
-                created_at=row.created_at,
-                updated_at=row.updated_at,
-                archived_at=row.archived_at,
+                id=str(row.id), **_columns(row, ArchivedExperiment, "id")
             ),
             runs=[
                 ArchivedRun(
@@ -175,33 +172,9 @@ class TransferStore(ExperimentStore):
         if state is None:
             return None
         return ArchivedOnline(
-            version=state.version,
-            state=state.state,
-            frozen=state.frozen,
-            updated_at=state.updated_at,
-            versions=[
-                ArchivedVersion(
-                    version=v.version,
-                    step=v.step,
-                    weights=v.weights,
-                    phase=v.phase,
-                    train_steps=v.train_steps,
-                    state=v.state,
-                    superseded=v.superseded,
-                    created_at=v.created_at,
-                )
-                for v in versions
-            ],
-            feedback=[
-                ArchivedFeedback(
-                    step=f.step,
-                    version=f.version,
-                    body=f.body,
-                    superseded=f.superseded,
-                    created_at=f.created_at,
-                )
-                for f in feedback
-            ],
+            **_columns(state, ArchivedOnline, "versions", "feedback"),
+            versions=[ArchivedVersion(**_columns(v, ArchivedVersion)) for v in versions],
+            feedback=[ArchivedFeedback(**_columns(f, ArchivedFeedback)) for f in feedback],
         )
 
     @staticmethod

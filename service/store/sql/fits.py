@@ -52,88 +52,60 @@ class FitStore(SqlStoreBase):
     )
 
     def add_fit(self, experiment_id: str, fit: NewFit) -> FitRecord:
-        eid = _parse_id(experiment_id, "experiment")
         now = self._clock()
-        with self._write() as conn:
-            self._load_experiment(conn, eid)
-            row = conn.execute(
-                insert(FitRow)
-                .values(
-                    experiment_id=eid,
-                    model=fit.model,
-                    requested=fit.requested,
-                    n_runs=fit.n_runs,
-                    report=dict(fit.report),
-                    recommendation=(
-                        dict(fit.recommendation) if fit.recommendation is not None else None
-                    ),
-                    model_blob=fit.model_data,
-                    model_format=fit.model_format,
-                    fitted_at=now,
-                    started_at=now,
-                    finished_at=now,
-                )
-                .returning(*self._FIT_COLUMNS)
-            ).one()
-        return self._fit(row)
+        return self._insert_fit(
+            experiment_id,
+            requested=fit.requested,
+            **_result(fit),
+            fitted_at=now,
+            started_at=now,
+            finished_at=now,
+        )
 
     def start_fit(self, experiment_id: str, requested: str, owner: str) -> FitRecord:
-        eid = _parse_id(experiment_id, "experiment")
         now = self._clock()
+        return self._insert_fit(
+            experiment_id,
+            model=requested,
+            requested=requested,
+            n_runs=0,
+            report={},
+            recommendation=None,
+            status="running",
+            owner=owner,
+            fitted_at=now,
+            started_at=now,
+            heartbeat_at=now,
+        )
+
+    def _insert_fit(self, experiment_id: str, **values: Any) -> FitRecord:
+        eid = _parse_id(experiment_id, "experiment")
         with self._write() as conn:
             self._load_experiment(conn, eid)
             row = conn.execute(
-                insert(FitRow)
-                .values(
-                    experiment_id=eid,
-                    model=requested,
-                    requested=requested,
-                    n_runs=0,
-                    report={},
-                    recommendation=None,
-                    status="running",
-                    owner=owner,
-                    fitted_at=now,
-                    started_at=now,
-                    heartbeat_at=now,
-                )
-                .returning(*self._FIT_COLUMNS)
+                insert(FitRow).values(experiment_id=eid, **values).returning(*self._FIT_COLUMNS)
             ).one()
         return self._fit(row)
 
     def complete_fit(self, fit_id: str, fit: NewFit) -> FitRecord:
-        fid = _parse_id(fit_id, "fit")
         now = self._clock()
-        with self._write() as conn:
-            row = conn.execute(
-                update(FitRow)
-                .where(FitRow.id == fid, FitRow.status == "running")
-                .values(
-                    model=fit.model,
-                    n_runs=fit.n_runs,
-                    report=dict(fit.report),
-                    recommendation=(
-                        dict(fit.recommendation) if fit.recommendation is not None else None
-                    ),
-                    model_blob=fit.model_data,
-                    model_format=fit.model_format,
-                    status="completed",
-                    stage=None,
-                    fitted_at=now,
-                    finished_at=now,
-                )
-                .returning(*self._FIT_COLUMNS)
-            ).first()
-        return self.get_fit(fit_id) if row is None else self._fit(row)
+        return self._finish_fit(
+            fit_id, **_result(fit), status="completed", stage=None, fitted_at=now, finished_at=now
+        )
 
     def fail_fit(self, fit_id: str, reason: str) -> FitRecord:
+        return self._finish_fit(
+            fit_id, status="failed", reason=reason, stage=None, finished_at=self._clock()
+        )
+
+    def _finish_fit(self, fit_id: str, **values: Any) -> FitRecord:
+        """Update a running fit; one that is no longer running is left as it is."""
         fid = _parse_id(fit_id, "fit")
-        now = self._clock()
         with self._write() as conn:
             row = conn.execute(
                 update(FitRow)
                 .where(FitRow.id == fid, FitRow.status == "running")
-                .values(status="failed", reason=reason, stage=None, finished_at=now)
+                .values(**values)
                 .returning(*self._FIT_COLUMNS)
             ).first()
         return self.get_fit(fit_id) if row is None else self._fit(row)
@@ -209,3 +181,15 @@ class FitStore(SqlStoreBase):
             return None
         stored = None if row.model_blob is None else StoredModel(row.model_format, row.model_blob)
         return self._fit(row), stored
+
+
+def _result(fit: NewFit) -> dict[str, Any]:
+    """The columns a fit's result fills in."""
+    return {
+        "model": fit.model,
+        "n_runs": fit.n_runs,
+        "report": dict(fit.report),
+        "recommendation": None if fit.recommendation is None else dict(fit.recommendation),
+        "model_blob": fit.model_data,
+        "model_format": fit.model_format,
+    }

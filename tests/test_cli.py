@@ -611,28 +611,19 @@ def test_backtest_errors_are_clear(tmp_path: Path) -> None:
 def test_runs_retry_puts_failed_runs_back_by_id_or_by_experiment(
     mixopt_cli: Invoke, store: SqlStore
 ) -> None:
-    from service.store import NewExperiment
+    from tests.test_worker import experiment
 
-    created = store.create_experiment(
-        NewExperiment(
-            name="retry-cli",
-            mode="offline",
-            method="regmix",
-            domains=[{"name": "a", "prior": 0.5}, {"name": "b", "prior": 0.5}],
-            objective={"metrics": {"loss": 1.0}, "direction": "minimize"},
-            config={"seed": 1, "max_attempts": 1},
-        )
-    )
-    runs = store.add_runs(created.id, [NewRun({"a": w, "b": 1 - w}) for w in (0.2, 0.5, 0.8)])
+    eid = experiment(store, 3, max_attempts=1)
+    runs = list(store.iter_runs(eid))
     for _ in runs:
-        claimed = store.claim(created.id, "w", 60)
+        claimed = store.claim(eid, "w", 60)
         assert claimed is not None
         store.fail(claimed.id, "exit code 1", "w")
     first = mixopt_cli("runs", "retry", runs[0].id)
     assert f"run {runs[0].id}: pending (attempt 1)" in first.stdout
-    rest = mixopt_cli("runs", "retry", "--failed-of", created.id)
+    rest = mixopt_cli("runs", "retry", "--failed-of", eid)
     assert "2 run(s) back in the queue" in rest.output
-    assert sorted(r.status for r in store.iter_runs(created.id)) == ["pending"] * 3
+    assert sorted(r.status for r in store.iter_runs(eid)) == ["pending"] * 3
     again = mixopt_cli("runs", "retry", runs[0].id, expect=1)  # it is pending now: 409
     assert "409" in again.output and "only a failed run" in again.output
     assert "give --failed-of" in mixopt_cli("runs", "retry", expect=2).output

@@ -8,8 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mixopt.errors import Conflict
-from service.store import NewRun, SqlStore
+from service.store import SqlStore
 from tests.conftest import Tokens
+from tests.test_worker import experiment as queued_experiment
 
 WEIGHTS = {"web": 0.5, "code": 0.3, "papers": 0.2}
 
@@ -73,20 +74,9 @@ def test_an_online_training_run_cannot_be_retried(client: TestClient) -> None:
 
 
 def test_store_retry_of_a_failed_run_clears_its_reason(store: SqlStore) -> None:
-    from service.store import NewExperiment
-
-    created = store.create_experiment(
-        NewExperiment(
-            name="retry",
-            mode="offline",
-            method="regmix",
-            domains=[{"name": "a", "prior": 0.5}, {"name": "b", "prior": 0.5}],
-            objective={"metrics": {"loss": 1.0}, "direction": "minimize"},
-            config={"seed": 1, "max_attempts": 1},
-        )
-    )
-    (run,) = store.add_runs(created.id, [NewRun({"a": 0.5, "b": 0.5})])
-    assert store.claim(created.id, "w", 60) is not None
+    eid = queued_experiment(store, 1, max_attempts=1)
+    (run,) = store.iter_runs(eid)
+    assert store.claim(eid, "w", 60) is not None
     assert store.fail(run.id, "broken command", "w").status == "failed"
     again = store.retry(run.id)
     assert (again.status, again.attempt, again.reason, again.worker) == ("pending", 1, None, None)
@@ -95,24 +85,13 @@ def test_store_retry_of_a_failed_run_clears_its_reason(store: SqlStore) -> None:
 
 
 def test_a_run_completed_after_a_failed_attempt_keeps_no_stale_reason(store: SqlStore) -> None:
-    from service.store import NewExperiment
-
-    created = store.create_experiment(
-        NewExperiment(
-            name="stale",
-            mode="offline",
-            method="regmix",
-            domains=[{"name": "a", "prior": 0.5}, {"name": "b", "prior": 0.5}],
-            objective={"metrics": {"loss": 1.0}, "direction": "minimize"},
-            config={"seed": 1},
-        )
-    )
-    first, second = store.add_runs(created.id, [NewRun({"a": 0.5, "b": 0.5})] * 2)
-    claimed = store.claim(created.id, "w", 60)
+    eid = queued_experiment(store, 2)
+    first, second = store.iter_runs(eid)
+    claimed = store.claim(eid, "w", 60)
     assert claimed is not None and claimed.id == first.id
     assert store.fail(first.id, "CUDA out of memory", "w").reason == "CUDA out of memory"
-    assert store.claim(created.id, "w", 60) is not None
-    assert store.complete(first.id, {"loss": 2.0}, "w").reason is None
+    assert store.claim(eid, "w", 60) is not None
+    assert store.complete(first.id, {"val_loss/web": 2.0}, "w").reason is None
     # An exclusion's reason is not an attempt's: it stays.
     store.exclude(second.id, True, "bad node")
-    assert store.complete(second.id, {"loss": 9.0}, None).reason == "bad node"
+    assert store.complete(second.id, {"val_loss/web": 9.0}, None).reason == "bad node"

@@ -9,21 +9,26 @@ A route using it declares its body with ``openapi_body`` so that the API documen
 
 from __future__ import annotations
 
+import email.message
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["json_body", "openapi_body"]
+__all__ = ["is_json", "json_body", "openapi_body"]
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def _is_json(content_type: str | None) -> bool:
-    media = (content_type or "").partition(";")[0].strip().lower()
-    return media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
+def is_json(content_type: str | None) -> bool:
+    """Whether FastAPI would parse a body of this type as JSON (application/json,
+    application/*+json)."""
+    message = email.message.Message()
+    message["content-type"] = content_type or ""
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
     )
 
 
@@ -35,7 +40,7 @@ async def json_body(request: Request, model: type[M]) -> M:
             raise RequestValidationError(
                 [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
             )
-        if not _is_json(request.headers.get("content-type")):
+        if not is_json(request.headers.get("content-type")):
             # As FastAPI does: a body that is not declared JSON is validated as bytes (a 422).
             return model.model_validate(raw)
         return model.model_validate_json(raw)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import email.message
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any
 
@@ -11,6 +10,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from mixopt.errors import Unauthorized
+from service.api.body import is_json
 from service.auth import SCOPE_RANK, Authenticator, FailureThrottle, Principal
 from service.operations import Operations
 from service.problems import problem_response
@@ -110,16 +110,6 @@ def _documented_body_types(route: APIRoute) -> frozenset[str]:
     return frozenset({"application/json"}) if route.body_field is not None else frozenset()
 
 
-def _is_json(content_type: str) -> bool:
-    # As FastAPI decides whether to parse a body as JSON (application/json, application/*+json).
-    message = email.message.Message()
-    message["content-type"] = content_type
-    subtype = message.get_content_subtype()
-    return message.get_content_maintype() == "application" and (
-        subtype == "json" or subtype.endswith("+json")
-    )
-
-
 async def _refuse_media_type(request: Request, accepted: frozenset[str]) -> Response | None:
     """A body of a type the route does not document is 415 (FastAPI answered 422 "not a
     dictionary" to a text/plain body).
@@ -131,7 +121,7 @@ async def _refuse_media_type(request: Request, accepted: frozenset[str]) -> Resp
     if content_type is None or not await request.body():
         return None
     media = content_type.partition(";")[0].strip().lower()
-    if media in accepted or ("application/json" in accepted and _is_json(content_type)):
+    if media in accepted or ("application/json" in accepted and is_json(content_type)):
         return None
     return problem_response(
         415,

@@ -449,7 +449,10 @@ RECOMMENDATION = {
     "weights": {"web": 0.6, "code": 0.4}, "predicted": PREDICTED,
     "baseline": {"weights": {"web": 0.75, "code": 0.25},
                  "predicted": {"value": 3.12, "low": 3.08, "high": 3.16}},
-    "p_better_than_baseline": 0.97, "alternatives": [], "fit_id": "5", "model": "lightgbm",
+    "p_better_than_baseline": 0.97,
+    "alternatives": [{"weights": {"web": 0.55, "code": 0.45},
+                      "predicted": {"value": 3.06, "low": 3.02, "high": 3.10}}],
+    "fit_id": "5", "model": "lightgbm",
     "n_runs": 512,
 }  # fmt: skip
 EXPERIMENT = {
@@ -496,11 +499,21 @@ def test_fit_and_recommend_print_tables(scripted: list[httpx.Request]) -> None:
     shown = runner.invoke(app, ["recommend", "1"], env=env)
     assert shown.exit_code == 0, shown.output
     web = next(line for line in shown.stdout.splitlines() if "│ web" in line)
-    assert [c.strip() for c in web.split("│")[1:5]] == ["web", "0.6000", "0.7500", "0.7500"]
+    # domain, recommended, baseline, prior, and the alternative's weight
+    assert [c.strip() for c in web.split("│")[1:6]] == [
+        "web",
+        "0.6000",
+        "0.7500",
+        "0.7500",
+        "0.5500",
+    ]
     assert "3.0500 [3.0100, 3.0900]" in shown.stdout
     assert "0.97" in shown.stdout
+    assert "alt 1: predicted 3.0600 [3.0200, 3.1000] (column alt 1)" in shown.stdout
     as_json = runner.invoke(app, ["recommend", "1", "--json"], env=env)
     assert json.loads(as_json.stdout)["weights"] == {"web": 0.6, "code": 0.4}
+    fitted_json = runner.invoke(app, ["fit", "1", "--json", "--token", "t"], env=env)
+    assert json.loads(fitted_json.stdout)["cv"]["spearman"] == 0.97
 
 
 @pytest.fixture
@@ -570,19 +583,25 @@ def backtest_cli(*args: str) -> Result:
 
 def test_backtest_replays_a_swarm_file_with_a_table_and_json(tmp_path: Path) -> None:
     out = tmp_path / "backtest.json"
-    result = backtest_cli(
+    common = [
         str(WEIGHTS_FILE),
         "--metrics-file", str(LOSSES_FILE),
         "--weight-prefix", "train_the_pile_",
         "--objective", "metric/the_pile_pile_cc_val_loss",
         "--model", "linear", "--model", "auto",
         "--size", "32", "--size", "512",
-        "--json", str(out),
-    )  # fmt: skip
+    ]  # fmt: skip
+    result = backtest_cli(*common, "-o", str(out))
     assert result.exit_code == 0, (result.output, result.exception)
     assert "512 usable runs of 512, 17 domains" in result.stdout
     assert "auto → linear" in result.stdout
     assert "reference: lightgbm on all 512 runs" in result.stdout
+    # --json: the same result on stdout and nothing else there; the commentary on stderr.
+    as_json = backtest_cli(*common[:7], "--model", "linear", "--size", "32", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    printed = json.loads(as_json.stdout)
+    assert [(r["n_runs"], r["requested"]) for r in printed["rows"]] == [(32, "linear")]
+    assert "512 usable runs of 512" in as_json.stderr
     report = json.loads(out.read_text())
     assert [(r["n_runs"], r["requested"]) for r in report["rows"]] == [
         (32, "linear"), (32, "auto"), (512, "linear"), (512, "auto"),
@@ -660,3 +679,169 @@ def test_a_missing_or_unreachable_database_is_one_line_not_a_traceback() -> None
     )
     assert result.exit_code == 2 and "cannot connect to the database at 127.0.0.1" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+# --- runs, proposals and experiments by hand ----------------------------------------------------
+
+
+def test_runs_propose_list_show_exclude_and_include(
+    mixopt_cli: Invoke, api: MixoptClient, tmp_path: Path
+) -> None:
+    eid = create(api, tmp_path, mixopt_cli, experiment_spec("by-hand", ["web", "code"], "loss"))
+    proposed = mixopt_cli("runs", "propose", eid, "--count", "4", "--request-id", "b1")
+    assert "4 runs proposed by regmix" in proposed.stdout
+    first = json.loads(
+        mixopt_cli("runs", "propose", eid, "-n", "4", "--request-id", "b1", "--json").stdout
+    )
+    assert len(first) == 4 and api.get_experiment(eid).counts.pending == 4  # the same 4 again
+    done, failed = first[0]["id"], first[1]["id"]
+    api.complete(done, {"loss": 2.5})
+    api.claim(eid, "w")  # the oldest pending run: ``failed``
+    api.fail(failed, "CUDA out of memory", worker="w")
+
+    listed = mixopt_cli("runs", "list", eid).stdout
+    rows = {line.split("│")[1].strip(): line for line in listed.splitlines() if "│" in line}
+    assert [c.strip() for c in rows[done].split("│")[2:5]] == ["completed", "1", "2.5000"]
+    assert "CUDA out of memory" in rows[failed]
+    completed = json.loads(
+        mixopt_cli("runs", "list", eid, "--status", "completed", "--json").stdout
+    )
+    assert [r["id"] for r in completed] == [done]
+    assert len(json.loads(mixopt_cli("runs", "list", eid, "--limit", "3", "--json").stdout)) == 3
+
+    excluded = mixopt_cli("runs", "exclude", done, "--reason", "bad node")
+    assert f"run {done}: excluded (completed)" in excluded.stdout
+    only = json.loads(mixopt_cli("runs", "list", eid, "--excluded", "--json").stdout)
+    assert [(r["id"], r["reason"]) for r in only] == [(done, "bad node")]
+    assert "x: excluded" in mixopt_cli("runs", "list", eid).stdout
+    assert f"run {done}: included" in mixopt_cli("runs", "include", done).stdout
+    assert not api.get_run(done).excluded
+
+    shown = mixopt_cli("runs", "show", done).stdout
+    assert f"run {done} of experiment {eid}: completed, attempt 1" in shown
+    assert "loss" in shown and "2.5000" in shown
+    assert json.loads(mixopt_cli("runs", "show", done, "--json").stdout)["metrics"] == {"loss": 2.5}
+
+    assert (
+        "--status must be one of"
+        in mixopt_cli("runs", "list", eid, "--status", "done", expect=2).output
+    )
+    assert "404" in mixopt_cli("runs", "show", "999999", expect=1).output
+
+
+def test_experiment_show_and_archive(mixopt_cli: Invoke, api: MixoptClient, tmp_path: Path) -> None:
+    eid = create(
+        api, tmp_path, mixopt_cli, experiment_spec("shown", ["web", "code", "books"], "loss")
+    )
+    shown = mixopt_cli("experiment", "show", eid).stdout
+    assert f"experiment {eid} 'shown': offline regmix, active" in shown
+    assert "objective: minimize 1×loss" in shown and "3 domains" in shown
+    assert json.loads(mixopt_cli("experiment", "show", eid, "--json").stdout)["config"]["seed"] == 1
+    archived = mixopt_cli("experiment", "archive", eid)
+    assert f"experiment {eid} 'shown' is archived" in archived.stdout
+    refused = mixopt_cli("runs", "propose", eid, "--count", "1", expect=1)
+    assert "409" in refused.output and "archived" in refused.output
+
+
+def test_tables_fit_80_columns_without_folding_names(
+    mixopt_cli: Invoke, api: MixoptClient, tmp_path: Path, tokens: Tokens, server: ThreadedServer
+) -> None:
+    long_name = "regmix-the-pile-17-domains-1m-proxies"
+    eid = create(api, tmp_path, mixopt_cli, experiment_spec(long_name, ["web", "code"], "loss"))
+    run = api.propose(eid, 1)[0]
+    api.claim(eid, "node3/gpu1")
+    api.fail(run.id, "a long reason " * 10, worker="node3/gpu1")
+    for args in (["experiment", "list"], ["runs", "list", eid]):
+        result = CliRunner().invoke(
+            app, [*args, "--url", server.url, "--token", tokens.admin], env={"COLUMNS": "80"}
+        )
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.splitlines()
+        assert max(len(line) for line in lines) <= 80, result.stdout
+        assert "not shown at 80 columns" in result.stdout or args[0] == "runs"
+    experiments = CliRunner().invoke(
+        app, ["experiment", "list", "--url", server.url, "--token", tokens.admin],
+        env={"COLUMNS": "80"},
+    ).stdout  # fmt: skip
+    assert long_name in experiments  # whole, on one line
+
+
+def test_help_reads_well_at_80_columns() -> None:
+    import typer.main
+
+    runner = CliRunner()
+    top = runner.invoke(app, ["--help"], env={"COLUMNS": "80"}).stdout
+    assert max(len(line) for line in top.splitlines()) <= 80
+    # The demo's docstring was wrapped by hand after "recommend,": now one flowing paragraph.
+    assert "fit, recommend, train a larger model" in top
+    root = typer.main.get_command(app)
+    context = root.make_context("mixopt", [], resilient_parsing=True)
+    for name in root.list_commands(context):  # type: ignore[attr-defined]
+        command = root.get_command(context, name)  # type: ignore[attr-defined]
+        helps = [command.help or ""]
+        if hasattr(command, "commands"):
+            helps += [sub.help or "" for sub in command.commands.values()]
+        for text in helps:
+            assert "\n" not in text.replace("\n\n", ""), (name, text)
+    # "[default: ...]" in a help text is rich markup and vanished; defaults are shown as such.
+    worker = runner.invoke(app, ["worker", "--help"], env={"COLUMNS": "120"}).stdout
+    assert "HOST/PID" in worker and "a third of the lease" in worker
+
+
+def test_fits_list_show_predict_methods_and_a_runs_curve(
+    mixopt_cli: Invoke, api: MixoptClient, tmp_path: Path
+) -> None:
+    eid = create(api, tmp_path, mixopt_cli, experiment_spec("fitted", ["web", "code"], "loss"))
+    runs = api.propose(eid, 10)
+    for run in runs:
+        api.append_metrics(run.id, [("loss", 10, 4.0), ("loss", 20, 3.5)])
+        api.complete(run.id, {"loss": 3.0 - run.weights["web"]})
+    fit_id = mixopt_cli("fit", eid, "--model", "linear", "--no-wait").stdout.strip()
+    report = api.wait_for_fit(fit_id, poll=0.2)
+    listed = mixopt_cli("fits", "list", eid).stdout
+    assert f"1 fits of experiment {eid}" in listed and "linear" in listed
+    assert [f["id"] for f in json.loads(mixopt_cli("fits", "list", eid, "--json").stdout)] == [
+        fit_id
+    ]
+    shown = mixopt_cli("fits", "show", fit_id).stdout
+    assert f"fit {fit_id}: linear (requested linear) on 10 runs" in shown
+    assert json.loads(mixopt_cli("fits", "show", fit_id, "--json").stdout)["n_runs"] == 10
+
+    predicted = mixopt_cli("predict", eid, "web=0.9,code=0.1", '{"web": 0.1, "code": 0.9}')
+    rows = [line for line in predicted.stdout.splitlines() if "│ web" in line]
+    values = [float(row.split("│")[2]) for row in rows]
+    assert len(values) == 2 and values[0] < values[1]  # the loss falls with web's share
+    as_json = json.loads(mixopt_cli("predict", eid, "web=0.5,code=0.5", "--json").stdout)
+    assert as_json[0]["low"] <= as_json[0]["value"] <= as_json[0]["high"]
+    assert report.status == "completed"
+    bad = mixopt_cli("predict", eid, "web:0.5", expect=2)
+    assert "'web:0.5' has no =WEIGHT" in bad.output
+    refused = mixopt_cli("predict", eid, "web=0.7,code=0.7", expect=1)
+    assert "422" in refused.output
+
+    curve = mixopt_cli("runs", "metrics", runs[0].id).stdout
+    assert f"2 metric points of run {runs[0].id}" in curve and "3.5000" in curve
+    points = json.loads(mixopt_cli("runs", "metrics", runs[0].id, "--json").stdout)
+    assert [(p["step"], p["value"]) for p in points] == [(10, 4.0), (20, 3.5)]
+
+    methods = json.loads(mixopt_cli("methods", "--mode", "offline", "--json").stdout)
+    assert "regmix" in {m["name"] for m in methods} and {m["mode"] for m in methods} == {"offline"}
+    assert "regmix" in mixopt_cli("methods").stdout
+
+
+def test_tokens_are_listed_and_revoked_on_the_database(tmp_path: Path) -> None:
+    runner = CliRunner()
+    database = ["--database-url", f"sqlite:///{tmp_path / 'tokens.db'}"]
+    created = runner.invoke(app, ["token", "create", "--name", "ci", "--scope", "read", *database])
+    assert created.exit_code == 0, created.output
+    token_id = created.stdout.split()[1]
+    listed = runner.invoke(app, ["token", "list", *database], env={"COLUMNS": "80"})
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.stdout.splitlines() if "│ ci" in line)
+    assert [c.strip() for c in row.split("│")[1:4]] == [token_id, "ci", "read"]
+    revoked = runner.invoke(app, ["token", "revoke", token_id, *database])
+    assert revoked.exit_code == 0 and f"token {token_id} 'ci' revoked" in revoked.stdout
+    [record] = json.loads(runner.invoke(app, ["token", "list", "--json", *database]).stdout)
+    assert record["id"] == token_id and record["revoked_at"] is not None
+    unknown = runner.invoke(app, ["token", "revoke", "999999", *database])
+    assert unknown.exit_code == 1 and "999999" in unknown.output

@@ -67,7 +67,7 @@ def test_quick_demo_runs_the_mission_and_the_recommendation_beats_uniform(tmp_pa
             str(tmp_path / "work"),
             "--port",
             "0",
-            "--json",
+            "--output",
             str(out),
         ],
         capture_output=True,

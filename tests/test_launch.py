@@ -275,3 +275,38 @@ def test_launch_ray_drains_on_a_local_ray(
         ray.shutdown()
     check_drained(report, store, eid, 4)
     assert report.backend == "ray"
+
+
+@sqlite_only
+def test_launch_takes_the_workers_training_flags(
+    client: MixoptClient, store: SqlStore, tmp_path: Path
+) -> None:
+    """``launch`` and ``worker`` share one list of training flags: --shell and --workdir reach
+    the launched workers (the script is found in --workdir, $MIXOPT_METRICS_FILE expanded)."""
+    import typer.main
+    from typer.testing import CliRunner
+
+    from mixopt.cli import app
+    from mixopt.cli.worker import TRAINING_FLAGS
+
+    root = typer.main.get_command(app)
+    context = root.make_context("mixopt", [], resilient_parsing=True)
+    for name in ("worker", "launch"):
+        command = root.get_command(context, name)  # type: ignore[attr-defined]
+        params = {param.name for param in command.params}
+        assert {flag for flag, _, _ in TRAINING_FLAGS} <= params, name
+    (tmp_path / "train.py").write_text(
+        "import json, sys; json.dump({'val_loss/web': 2.0}, open(sys.argv[1], 'w'))\n"
+    )
+    eid = experiment(store, 2)
+    result = CliRunner().invoke(
+        app,
+        [
+            "launch", eid, "--workers", "1", "--poll-seconds", "0.5",
+            "--command", f"{sys.executable} train.py $MIXOPT_METRICS_FILE",
+            "--shell", "--workdir", str(tmp_path),
+            "--url", client.base_url, "--token", client.token or "",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "1 local workers: 2 completed, 0 failed" in result.output

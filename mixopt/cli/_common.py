@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -12,9 +13,11 @@ from mixopt.settings import Settings
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
     from sqlalchemy.engine import Engine
 
     from mixopt.client import MixoptClient
+    from service.store import Store
 
 DatabaseUrl = Annotated[
     str | None,
@@ -77,6 +80,27 @@ def _open_database(
         engine.dispose()
         raise _fail(_database_problem(url, exc)) from None
     return engine, reached
+
+
+@contextmanager
+def _direct_store(database_url: str) -> Iterator[Store]:
+    """The store of a database, migrated to head as ``serve`` would; its errors become a
+    message and exit status 1."""
+    from mixopt.errors import InvalidInput, MixoptError
+    from service.store import SqlStore
+
+    engine, _ = _open_database(_settings(database_url).database_url)
+    try:
+        store = SqlStore(engine)
+        yield store
+    except MixoptError as exc:
+        _error(f"{type(exc).title}: {exc.detail}")
+        err = _console(stderr=True)
+        for item in exc.errors if isinstance(exc, InvalidInput) else ():
+            err.print(f"  {'.'.join(str(part) for part in item.loc) or '(top level)'}: {item.msg}")
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
 
 
 # --- talking to a server -----------------------------------------------------------------------
@@ -143,3 +167,81 @@ def _number(value: float | None, digits: int = 4) -> str:
     if value is None:
         return "-"
     return f"{value:.{digits}f}"
+
+
+# --- output --------------------------------------------------------------------------------------
+
+JsonFlag = Annotated[
+    bool,
+    typer.Option("--json", help="print machine-readable JSON to stdout (and nothing else there)"),
+]
+
+
+def _print_json(data: object) -> None:
+    """``data`` (JSON values, or pydantic models and lists of them) as JSON on stdout."""
+    import json
+
+    from pydantic import BaseModel
+
+    def plain(value: object) -> object:
+        if isinstance(value, BaseModel):
+            return value.model_dump(mode="json")
+        if isinstance(value, list):
+            return [plain(item) for item in value]
+        return value
+
+    typer.echo(json.dumps(plain(data), indent=2))
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of ``_fitted_table``. When the terminal is too narrow for every column, the
+    columns of lowest ``keep`` are left out first; ``fold`` columns (free text) wrap rather
+    than widen the table; all others never wrap, so a name stays on one line."""
+
+    header: str
+    justify: Literal["left", "right"] = "left"
+    keep: int = 0
+    fold: bool = False
+
+
+FOLDED_WIDTH = 24  # what a fold column is counted as when deciding which columns fit
+
+
+def _fitted_table(
+    title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int
+) -> tuple[Table, list[str]]:
+    """A table of ``rows`` within ``width`` characters, and the headers left out to fit."""
+    from rich.table import Table
+
+    def needed(index: int) -> int:
+        column = columns[index]
+        cells = max([len(column.header), *(len(row[index]) for row in rows)])
+        return (min(cells, FOLDED_WIDTH) if column.fold else cells) + 3  # padding and border
+
+    shown = list(range(len(columns)))
+    while sum(needed(i) for i in shown) + 1 > width and any(columns[i].keep for i in shown):
+        lowest = min(columns[i].keep for i in shown)
+        shown.remove(max(i for i in shown if columns[i].keep == lowest))
+    table = Table(title=title)
+    for i in shown:
+        column = columns[i]
+        if column.fold:
+            table.add_column(column.header, justify=column.justify, overflow="fold", ratio=1)
+        else:
+            table.add_column(
+                column.header, justify=column.justify, no_wrap=True, overflow="ellipsis"
+            )
+    for row in rows:
+        table.add_row(*(row[i] for i in shown))
+    hidden = [c.header for i, c in enumerate(columns) if i not in shown]
+    return table, hidden
+
+
+def _print_fitted(title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> None:
+    """``_fitted_table`` on stdout at the terminal's width, saying which columns it left out."""
+    out = _console()
+    table, hidden = _fitted_table(title, columns, rows, out.width)
+    out.print(table)
+    if hidden:
+        out.print(f"(not shown at {out.width} columns: {', '.join(hidden)}; see --json)")

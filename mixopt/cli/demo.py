@@ -19,11 +19,12 @@ def demo(
     ] = False,
     backend: Annotated[str, typer.Option(help="how workers run: local or ray")] = "local",
     workers: Annotated[
-        int | None, typer.Option(min=1, help="workers [default: the cores, at most 4]")
+        int | None, typer.Option(min=1, help="workers", show_default="the cores, at most 4")
     ] = None,
     seed: Annotated[int, typer.Option(help="seeds the corpus, the design and the models")] = 0,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="write the results to this JSON file")
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", dir_okay=False, help="write the results to this JSON file"),
     ] = None,
     workdir: Annotated[
         Path, typer.Option(help="where the corpus, the database and the logs go")
@@ -110,9 +111,9 @@ def demo(
         f"{online['stratified']['mean_all_domains']:.4f}"
     )
     out.print("timings (s): " + ", ".join(f"{k} {v}" for k, v in result.timings.items()))
-    if json_path is not None:
-        write_json(result, json_path)
-        out.print(f"results written to {json_path}")
+    if output is not None:
+        write_json(result, output)
+        out.print(f"results written to {output}")
     if no_serve:
         service.stop()
         return

@@ -1,32 +1,32 @@
-"""``mixopt experiment``: create and list experiments through the API; export and import them
-(through the API, or straight from and into a database with ``--database-url``)."""
+"""``mixopt experiment``: create, list, show and archive experiments through the API; export
+and import them (through the API, or straight from and into a database with
+``--database-url``)."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import Annotated, Any, cast
 
 import typer
 
 from mixopt.cli._common import (
+    Column,
+    JsonFlag,
     Token,
     Url,
     _api,
     _console,
+    _direct_store,
     _error,
     _fail,
-    _open_database,
-    _settings,
+    _number,
+    _print_fitted,
+    _print_json,
 )
 from mixopt.schemas import DEFAULT_URL, ExperimentStatus
-
-if TYPE_CHECKING:
-    from service.store import Store
 
 experiment_app = typer.Typer(
     help="Experiments (through the API; export/import also on a database).", no_args_is_help=True
@@ -107,24 +107,33 @@ def experiment_list(
     token: Token = None,
 ) -> None:
     """List experiments with their run counts."""
-    from rich.table import Table
-
     if status not in (None, "active", "archived"):
         raise _fail(f"--status must be active or archived, not {status!r}")
     with _api(url, token) as client:
         experiments = list(client.iter_experiments(cast(ExperimentStatus | None, status)))
     if as_json:
-        typer.echo(json.dumps([e.model_dump(mode="json") for e in experiments], indent=2))
+        _print_json(experiments)
         return
-    table = Table(title=f"{len(experiments)} experiments")
-    for name in ("id", "name", "mode", "method", "domains", "status"):
-        table.add_column(name, overflow="fold")
-    for name in ("pending", "running", "completed", "failed", "excluded"):
-        table.add_column(name, justify="right")
-    table.add_column("created")
+    # In a narrow terminal the creation time, mode, domain count and method give way first:
+    # the name, the status and the counts are what a list is read for.
+    columns = [
+        Column("id", keep=9),
+        Column("name", keep=9),
+        Column("mode", keep=2),
+        Column("method", keep=4),
+        Column("domains", "right", keep=3),
+        Column("status", keep=8),
+        Column("pending", "right", keep=7),
+        Column("running", "right", keep=5),
+        Column("completed", "right", keep=8),
+        Column("failed", "right", keep=7),
+        Column("excluded", "right", keep=6),
+        Column("created", keep=1),
+    ]
+    rows = []
     for e in experiments:
         c = e.counts
-        table.add_row(
+        rows.append([
             e.id,
             e.name,
             e.mode,
@@ -137,8 +146,63 @@ def experiment_list(
             str(c.failed),
             str(c.excluded),
             e.created_at.strftime("%Y-%m-%d %H:%M"),
+        ])  # fmt: skip
+    _print_fitted(f"{len(experiments)} experiments", columns, rows)
+
+
+@experiment_app.command("show")
+def experiment_show(
+    experiment_id: Annotated[str, typer.Argument(help="the experiment's id")],
+    as_json: JsonFlag = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """One experiment: its objective, run counts, config and domains with their bounds."""
+    from rich.table import Table
+
+    with _api(url, token) as client:
+        experiment = client.get_experiment(experiment_id)
+    if as_json:
+        _print_json(experiment)
+        return
+    out = _console()
+    e, c = experiment, experiment.counts
+    objective = " + ".join(f"{w:g}×{m}" for m, w in e.objective.metrics.items())
+    out.print(f"experiment {e.id} {e.name!r}: {e.mode} {e.method}, {e.status}")
+    out.print(f"  objective: {e.objective.direction} {objective}")
+    out.print(
+        f"  runs: {c.pending} pending, {c.running} running, {c.completed} completed, "
+        f"{c.failed} failed, {c.excluded} excluded"
+    )
+    out.print(f"  created: {e.created_at.isoformat()}")
+    out.print(f"  config: {json.dumps(e.config)}")
+    table = Table(title=f"{len(e.domains)} domains")
+    table.add_column("domain", no_wrap=True, overflow="ellipsis")
+    for column in ("prior", "tokens", "min", "max"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for d in e.domains:
+        table.add_row(
+            d.name,
+            _number(d.prior),
+            f"{d.tokens:.3g}" if d.tokens is not None else "-",
+            _number(d.min_weight, 2),
+            _number(d.max_weight, 2),
         )
-    _console().print(table)
+    out.print(table)
+
+
+@experiment_app.command("archive")
+def experiment_archive(
+    experiment_id: Annotated[str, typer.Argument(help="the experiment's id")],
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Archive an experiment (admin token): its runs, fits and recommendation stay readable,
+    new work (proposals, imports, claims) is refused, and its name is free again. The API has
+    no way back."""
+    with _api(url, token) as client:
+        experiment = client.archive_experiment(experiment_id)
+    _console().print(f"experiment {experiment.id} {experiment.name!r} is {experiment.status}")
 
 
 DirectUrl = Annotated[
@@ -149,27 +213,6 @@ DirectUrl = Annotated[
         show_default=False,
     ),
 ]
-
-
-@contextmanager
-def _direct_store(database_url: str) -> Iterator[Store]:
-    """The store of a database, migrated to head as ``serve`` would; its errors become a
-    message and exit status 1."""
-    from mixopt.errors import InvalidInput, MixoptError
-    from service.store import SqlStore
-
-    engine, _ = _open_database(_settings(database_url).database_url)
-    try:
-        store = SqlStore(engine)
-        yield store
-    except MixoptError as exc:
-        _error(f"{type(exc).title}: {exc.detail}")
-        err = _console(stderr=True)
-        for item in exc.errors if isinstance(exc, InvalidInput) else ():
-            err.print(f"  {'.'.join(str(part) for part in item.loc) or '(top level)'}: {item.msg}")
-        raise typer.Exit(1) from None
-    finally:
-        engine.dispose()
 
 
 @experiment_app.command("export")

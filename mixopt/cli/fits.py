@@ -8,7 +8,19 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mixopt.cli._common import Token, Url, _api, _console, _fail, _number
+from mixopt.cli._common import (
+    Column,
+    JsonFlag,
+    Token,
+    Url,
+    _api,
+    _console,
+    _fail,
+    _fitted_table,
+    _number,
+    _print_fitted,
+    _print_json,
+)
 from mixopt.runs_csv import WEIGHT_PREFIX, TableError, plan_import, read_table
 from mixopt.schemas import DEFAULT_URL
 
@@ -26,23 +38,36 @@ def fit(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="print the started fit's id and return")
     ] = False,
+    as_json: JsonFlag = False,
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """Fit a regressor on the completed runs, cross-validate it and search the recommendation."""
-    from rich.table import Table
-
+    """Fit a regressor on the completed runs (at least 8), cross-validate it and search the
+    recommendation."""
     with _api(url, token) as client:
         # Started without waiting, then followed: the request never outlives its timeout and
         # the terminal shows how far the fit is.
         report = client.fit(experiment_id, model, wait=False)
         if no_wait:
-            typer.echo(report.id)
+            if as_json:
+                _print_json(report)
+            else:
+                typer.echo(report.id)
             return
         if report.status == "running":
             report = _follow(client, report)
+    if as_json:
+        _print_json(report)
     if report.status == "failed":
         raise _fail(f"fit {report.id} failed: {report.reason}", 1)
+    if not as_json:
+        _print_report(report, top)
+
+
+def _print_report(report: schemas.FitReport, top: int) -> None:
+    """A completed fit: its cross-validation, the models compared, the domains' importance."""
+    from rich.table import Table
+
     out = _console()
     out.print(
         f"fit {report.id}: {report.model} (requested {report.requested}) on {report.n_runs} runs"
@@ -105,6 +130,134 @@ def _follow(client: MixoptClient, report: schemas.FitReport) -> schemas.FitRepor
             ) from None
 
 
+SHOWN_ALTERNATIVES = 3
+"""Alternatives shown as columns of the recommendation's table (all of them in --json)."""
+
+
+fits_app = typer.Typer(help="Stored fits (through the API).", no_args_is_help=True)
+
+
+@fits_app.command("list")
+def fits_list(
+    experiment_id: Annotated[str, typer.Argument(help="the offline experiment")],
+    as_json: JsonFlag = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """The experiment's fits, newest first: running, completed and failed ones."""
+    with _api(url, token) as client:
+        reports = list(client.iter_fits(experiment_id))
+    if as_json:
+        _print_json(reports)
+        return
+    columns = [
+        Column("id", keep=9),
+        Column("status", keep=9),
+        Column("model", keep=8),
+        Column("requested", keep=3),
+        Column("runs", "right", keep=7),
+        Column("cv spearman", "right", keep=6),
+        Column("fitted", keep=2),
+        Column("reason", keep=5, fold=True),
+    ]
+    rows = [
+        [
+            r.id,
+            r.status,
+            r.model,
+            r.requested,
+            str(r.n_runs),
+            _number(r.cv.spearman, 3),
+            r.fitted_at.strftime("%Y-%m-%d %H:%M"),
+            r.reason or "",
+        ]
+        for r in reports
+    ]
+    _print_fitted(f"{len(reports)} fits of experiment {experiment_id}", columns, rows)
+
+
+@fits_app.command("show")
+def fits_show(
+    fit_id: Annotated[str, typer.Argument(help="the fit (as mixopt fit --no-wait prints it)")],
+    top: Annotated[int, typer.Option(min=1, help="domains to show by importance")] = 20,
+    as_json: JsonFlag = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """One stored fit: its report if it completed, how far it is if it runs, why it failed."""
+    with _api(url, token) as client:
+        report = client.get_fit(fit_id)
+    if as_json:
+        _print_json(report)
+    elif report.status == "running":
+        stage = report.progress.stage if report.progress else None
+        _console().print(f"fit {report.id}: running" + (f" ({stage})" if stage else ""))
+    elif report.status == "failed":
+        raise _fail(f"fit {report.id} failed: {report.reason}", 1)
+    else:
+        _print_report(report, top)
+
+
+def _parse_mixture(text: str) -> dict[str, float]:
+    """``web=0.6,code=0.4`` or a JSON object ``{"web": 0.6, "code": 0.4}``; exit status 2 for
+    anything else."""
+    problem = f"a mixture is DOMAIN=WEIGHT,... or a JSON object, not {text!r}"
+    try:
+        if text.lstrip().startswith("{"):
+            parsed = json.loads(text)
+            if not isinstance(parsed, dict):
+                raise _fail(problem)
+            return {str(name): float(weight) for name, weight in parsed.items()}
+        mixture: dict[str, float] = {}
+        for part in filter(str.strip, text.split(",")):
+            name, sep, weight = part.partition("=")
+            if not sep:
+                raise _fail(f"{problem}: {part.strip()!r} has no =WEIGHT")
+            mixture[name.strip()] = float(weight)
+        return mixture
+    except (ValueError, TypeError) as exc:
+        raise _fail(f"{problem}: {exc}") from None
+
+
+def predict(
+    experiment_id: Annotated[str, typer.Argument(help="the offline experiment")],
+    mixtures: Annotated[
+        list[str],
+        typer.Argument(
+            help="mixtures as DOMAIN=WEIGHT,... (e.g. web=0.6,code=0.3,papers=0.1) or JSON "
+            "objects; weights sum to 1",
+            show_default=False,
+        ),
+    ],
+    as_json: JsonFlag = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """The latest fit's predicted objective for each mixture, with its 80 % interval."""
+    parsed = [_parse_mixture(text) for text in mixtures]
+    with _api(url, token) as client:
+        predictions = client.predict(experiment_id, parsed)
+    if as_json:
+        _print_json(predictions)
+        return
+    columns = [
+        Column("mixture", keep=9, fold=True),
+        Column("predicted", "right", keep=9),
+        Column("low", "right", keep=8),
+        Column("high", "right", keep=8),
+    ]
+    rows = [
+        [
+            ", ".join(f"{d} {w:g}" for d, w in mixture.items()),
+            f"{p.value:.4f}",
+            f"{p.low:.4f}",
+            f"{p.high:.4f}",
+        ]
+        for mixture, p in zip(parsed, predictions, strict=True)
+    ]
+    _print_fitted(f"predictions of experiment {experiment_id}'s latest fit", columns, rows)
+
+
 def _interval(predicted: schemas.Predicted | None) -> str:
     if predicted is None:
         return "-"
@@ -113,18 +266,18 @@ def _interval(predicted: schemas.Predicted | None) -> str:
 
 def recommend(
     experiment_id: Annotated[str, typer.Argument(help="the experiment")],
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    as_json: JsonFlag = False,
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """The recommended mixture (of the latest fit, or of an online experiment's runs)."""
-    from rich.table import Table
+    """The recommended mixture (of the latest fit, or of an online experiment's runs), with the
+    alternative mixtures predicted within the noise of the best."""
 
     with _api(url, token) as client:
         experiment = client.get_experiment(experiment_id)
         rec = client.recommendation(experiment_id)
     if as_json:
-        typer.echo(json.dumps(rec.model_dump(mode="json"), indent=2))
+        _print_json(rec)
         return
     out = _console()
     source = (
@@ -134,20 +287,27 @@ def recommend(
         if rec.run_id
         else "the service"
     )
-    table = Table(title=f"recommended mixture for {experiment.name!r} from {source}")
-    table.add_column("domain")
-    table.add_column("recommended", justify="right")
     baseline = rec.baseline.weights if rec.baseline is not None else None
-    if baseline is not None:
-        table.add_column("baseline", justify="right")
-    table.add_column("prior", justify="right")
+    shown = rec.alternatives[:SHOWN_ALTERNATIVES]
+    columns = [
+        Column("domain", keep=9),
+        Column("recommended", "right", keep=9),
+        *([Column("baseline", "right", keep=8)] if baseline is not None else []),
+        Column("prior", "right", keep=7),
+        *(Column(f"alt {n}", "right", keep=6 - n) for n in range(1, len(shown) + 1)),
+    ]
     priors = {d.name: d.prior for d in experiment.domains}
+    rows = []
     for domain in sorted(rec.weights, key=lambda d: -rec.weights[d]):
         cells = [domain, f"{rec.weights[domain]:.4f}"]
         if baseline is not None:
             cells.append(f"{baseline.get(domain, 0.0):.4f}")
         cells.append(_number(priors.get(domain)))
-        table.add_row(*cells)
+        cells += [f"{alternative.weights.get(domain, 0.0):.4f}" for alternative in shown]
+        rows.append(cells)
+    table, hidden = _fitted_table(
+        f"recommended mixture for {experiment.name!r} from {source}", columns, rows, out.width
+    )
     out.print(table)
     objective = ", ".join(f"{w:g}×{m}" for m, w in experiment.objective.metrics.items())
     if rec.predicted is not None:
@@ -160,7 +320,13 @@ def recommend(
     if rec.p_better_than_baseline is not None:
         out.print(f"probability better than the baseline: {rec.p_better_than_baseline:.2f}")
     if rec.alternatives:
-        out.print(f"{len(rec.alternatives)} alternative mixtures within the noise of the best")
+        out.print(f"{len(rec.alternatives)} alternative mixtures within the noise of the best:")
+        for number, alternative in enumerate(rec.alternatives, 1):
+            in_table = number <= len(shown) and f"alt {number}" not in hidden
+            column = f" (column alt {number})" if in_table else ""
+            out.print(f"  alt {number}: predicted {_interval(alternative.predicted)}{column}")
+        if len(rec.alternatives) > len(shown) or hidden:
+            out.print("  (every alternative's weights: mixopt recommend --json)")
 
 
 # --- backtest ----------------------------------------------------------------------------------
@@ -226,9 +392,13 @@ def backtest(
         str, typer.Option(help="the regressor fitted on every run to judge the others")
     ] = "lightgbm",
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="also write the full result (weights too) here")
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", dir_okay=False, help="also write the full result (weights too) here"
+        ),
     ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Replay a finished swarm locally: what each regressor and design would have recommended
     with 32, 64, 128 ... runs, judged by a model fitted on every run.
@@ -284,7 +454,7 @@ def backtest(
         for row in plan.rows
         if row.status in (None, "completed") and not row.excluded and objective in row.metrics
     ]
-    out = _console()
+    out = _console(stderr=as_json)  # with --json, stdout holds the JSON alone
     out.print(
         f"{file.name}: {len(rows)} usable runs of {len(plan.rows)}, {len(domains)} domains, "
         f"objective {objective} ({'maximize' if maximize else 'minimize'})"
@@ -350,13 +520,19 @@ def backtest(
             _number(row.judged),
             f"{row.regret:+.4f}",
         )
-    out.print(table)
+    if not as_json:
+        out.print(table)
     ref = result.reference
     out.print(
         f"reference: {ref.model} on all {result.n_runs} runs, cv spearman "
         f"{_number(ref.cv_spearman, 3)}, its recommendation judged {ref.judged:.4f}; "
         f"{result.seconds:.0f} s"
     )
-    if json_out is not None:
-        json_out.write_text(json.dumps(result.to_dict(), indent=2))
-        out.print(f"wrote {json_out}")
+    if as_json:
+        _print_json(result.to_dict())
+    if output is not None:
+        try:
+            output.write_text(json.dumps(result.to_dict(), indent=2))
+        except OSError as exc:
+            raise _fail(f"cannot write {output}: {exc}", 1) from None
+        out.print(f"wrote {output}")

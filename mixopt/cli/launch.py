@@ -3,57 +3,38 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from mixopt.cli._common import Token, Url, _api, _console, _fail
-from mixopt.cli.worker import (
-    CheckpointDir,
-    Command,
-    CorpusDir,
-    Device,
-    LeaseSeconds,
-    MaxRuns,
-    Preset,
-    ProxyConfigFile,
-    Steps,
-    Threads,
-    worker_options,
-)
+from mixopt.cli.worker import with_training_flags, worker_options
 from mixopt.schemas import DEFAULT_URL
 
 
+@with_training_flags
 def launch(
     experiment_id: Annotated[str, typer.Argument(help="the offline experiment to drain")],
+    *,
     workers: Annotated[int, typer.Option("--workers", "-n", min=1, help="workers to run")] = 1,
     backend: Annotated[
         str, typer.Option(help="local (subprocesses) or ray (tasks on a Ray cluster)")
     ] = "local",
     ray_address: Annotated[
         str | None,
-        typer.Option(help="Ray cluster (e.g. auto) [default: a local Ray]", show_default=False),
+        typer.Option(help="Ray cluster (e.g. auto)", show_default="a local Ray"),
     ] = None,
-    command: Command = None,
-    corpus: CorpusDir = None,
-    preset: Preset = None,
-    proxy_config: ProxyConfigFile = None,
-    steps: Steps = None,
-    device: Device = None,
-    threads: Threads = None,
-    checkpoint_dir: CheckpointDir = None,
+    training: dict[str, Any],
     name: Annotated[
         str | None,
-        typer.Option(help="worker name prefix (NAME-0, NAME-1, ...) [default: HOST/PID]"),
+        typer.Option(help="worker name prefix (NAME-0, NAME-1, ...)", show_default="HOST/PID"),
     ] = None,
-    lease_seconds: LeaseSeconds = 600,
     poll_seconds: Annotated[
         float, typer.Option(min=0.1, help="how often idle workers look for work")
     ] = 5,
-    max_runs: MaxRuns = None,
     log_dir: Annotated[
         Path | None,
-        typer.Option(help="local workers' logs [default: a temporary directory]"),
+        typer.Option(help="local workers' logs", show_default="a temporary directory"),
     ] = None,
     url: Url = DEFAULT_URL,
     token: Token = None,
@@ -77,21 +58,7 @@ def launch(
         raise _fail(f"unknown --backend {backend!r}; known: {', '.join(engine.BACKENDS)}")
     if ray_address is not None and backend != "ray":
         raise _fail("--ray-address needs --backend ray")
-    options = worker_options(
-        command=command,
-        corpus=corpus,
-        preset=preset,
-        proxy_config=proxy_config,
-        steps=steps,
-        device=device,
-        threads=threads,
-        checkpoint_dir=checkpoint_dir,
-        name=name,
-        lease_seconds=lease_seconds,
-        poll_seconds=poll_seconds,
-        max_runs=max_runs,
-        exit_when_done=True,
-    )
+    options = worker_options(**training, name=name, poll_seconds=poll_seconds, exit_when_done=True)
 
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt  # the launcher's cleanup stops the workers, who release

@@ -1,22 +1,37 @@
-"""``mixopt runs``: import runs from CSV files (planned by ``mixopt.runs_csv``) and export them."""
+"""``mixopt runs``: import runs from CSV files (planned by ``mixopt.runs_csv``) and export them;
+list and show runs, propose new ones, exclude, include and retry them."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast, get_args
 
 import typer
 
-from mixopt.cli._common import Token, Url, _api, _console, _fail
+from mixopt.cli._common import (
+    Column,
+    JsonFlag,
+    Token,
+    Url,
+    _api,
+    _console,
+    _fail,
+    _number,
+    _print_fitted,
+    _print_json,
+)
 from mixopt.runs_csv import ImportRow, TableError, plan_import
-from mixopt.schemas import DEFAULT_URL, MAX_RUN_BATCH, NAME_PATTERN
+from mixopt.schemas import DEFAULT_URL, MAX_RUN_BATCH, NAME_PATTERN, RunStatus
 
 if TYPE_CHECKING:
     from mixopt import schemas
+
+RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
 
 runs_app = typer.Typer(help="Runs (through the API).", no_args_is_help=True)
 
@@ -320,3 +335,223 @@ def runs_retry(
             run = client.retry_run(run_id)
             _console().print(f"run {run.id}: {run.status} (attempt {run.attempt})")
     _console(stderr=True).print(f"{len(targets)} run(s) back in the queue")
+
+
+# --- reading runs, proposing and excluding them ---------------------------------------------
+
+RunStatusFilter = Annotated[
+    str | None,
+    typer.Option(
+        "--status", help="pending, running, completed or failed (default: all)", show_default=False
+    ),
+]
+SHOWN_METRICS = 3
+"""The objective's metrics shown as columns of a runs table (the others are in --json)."""
+
+
+def _print_runs(runs: Sequence[schemas.Run], objective: schemas.Objective, title: str) -> None:
+    """One row per run: the objective's metrics, where it came from, why it failed."""
+    metrics = list(objective.metrics)[:SHOWN_METRICS]
+    columns = [
+        Column("id", keep=9),
+        Column("status", keep=8),
+        Column("attempt", "right", keep=2),
+        *(Column(metric, "right", keep=7) for metric in metrics),
+        Column("external id / worker", keep=4),
+        Column("reason", keep=5, fold=True),
+    ]
+    rows = [
+        [
+            run.id,
+            run.status + (" x" if run.excluded else ""),
+            str(run.attempt),
+            *(_number(run.metrics.get(metric)) for metric in metrics),
+            run.external_id or run.worker or "",
+            run.reason or "",
+        ]
+        for run in runs
+    ]
+    _print_fitted(title, columns, rows)
+    if any(run.excluded for run in runs):
+        _console().print("x: excluded from fits and claims")
+
+
+@runs_app.command("list")
+def runs_list(
+    experiment_id: Annotated[str, typer.Argument(help="the experiment")],
+    status: RunStatusFilter = None,
+    excluded: Annotated[
+        bool | None,
+        typer.Option(
+            "--excluded/--included",
+            help="only excluded runs, or only included ones (default: both)",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="at most this many runs, oldest first")
+    ] = None,
+    as_json: JsonFlag = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """The experiment's runs, oldest first, with the objective's metrics and failure reasons."""
+    from itertools import islice
+
+    if status not in (None, *RUN_STATUSES):
+        raise _fail(f"--status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+    with _api(url, token) as client:
+        experiment = client.get_experiment(experiment_id)
+        runs = list(
+            islice(
+                client.iter_runs(
+                    experiment_id, status=cast(RunStatus | None, status), excluded=excluded
+                ),
+                limit,
+            )
+        )
+    if as_json:
+        _print_json(runs)
+        return
+    which = " ".join(
+        part for part in (status, {True: "excluded", False: "included", None: ""}[excluded]) if part
+    )
+    _print_runs(
+        runs,
+        experiment.objective,
+        f"{len(runs)} {which + ' ' if which else ''}runs of {experiment.name!r}",
+    )
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="the run")],
+    as_json: JsonFlag = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """One run: its status, lease, mixture, metrics, parameters and tags."""
+    from rich.table import Table
+
+    with _api(url, token) as client:
+        run = client.get_run(run_id)
+    if as_json:
+        _print_json(run)
+        return
+    out = _console()
+    out.print(
+        f"run {run.id} of experiment {run.experiment_id}: {run.status}, attempt {run.attempt}"
+        + (", excluded" if run.excluded else "")
+    )
+    lease = run.lease_expires_at.isoformat() if run.lease_expires_at else None
+    for label, text in (
+        ("external id", run.external_id),
+        ("worker", run.worker),
+        ("lease expires", lease),
+        ("reason", run.reason),
+        ("created", run.created_at.isoformat()),
+        ("updated", run.updated_at.isoformat()),
+    ):
+        if text:
+            out.print(f"  {label}: {text}")
+    mixture = Table(title="mixture")
+    mixture.add_column("domain", no_wrap=True, overflow="ellipsis")
+    mixture.add_column("weight", justify="right", no_wrap=True)
+    for domain, weight in sorted(run.weights.items(), key=lambda item: -item[1]):
+        mixture.add_row(domain, f"{weight:.4f}")
+    out.print(mixture)
+    if run.metrics:
+        metrics = Table(title="metrics")
+        metrics.add_column("name", overflow="fold")
+        metrics.add_column("value", justify="right", no_wrap=True)
+        for name, value in sorted(run.metrics.items()):
+            metrics.add_row(name, _number(value))
+        out.print(metrics)
+    for label, values in (("params", run.params), ("tags", run.tags)):
+        if values:
+            out.print(f"{label}: {json.dumps(values)}")
+
+
+@runs_app.command("propose")
+def runs_propose(
+    experiment_id: Annotated[str, typer.Argument(help="the offline experiment")],
+    count: Annotated[int, typer.Option("--count", "-n", min=1, max=MAX_RUN_BATCH, help="runs")],
+    request_id: Annotated[
+        str | None,
+        typer.Option(
+            help="makes the call safe to repeat: the same id again answers the runs it created "
+            "and creates none",
+            show_default="a fresh one",
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Have the experiment's method design COUNT new mixtures, stored as pending runs for
+    workers to claim (POST /experiments/{id}/proposals)."""
+    with _api(url, token) as client:
+        experiment = client.get_experiment(experiment_id)
+        runs = client.propose(experiment_id, count, request_id=request_id)
+    if as_json:
+        _print_json(runs)
+        return
+    _print_runs(runs, experiment.objective, f"{len(runs)} runs proposed by {experiment.method}")
+
+
+def _set_excluded(
+    run_ids: Sequence[str], excluded: bool, reason: str | None, url: str, token: str | None
+) -> None:
+    with _api(url, token) as client:
+        for run_id in run_ids:
+            run = client.exclude(run_id, excluded, reason=reason)
+            state = "excluded" if run.excluded else "included"
+            _console().print(f"run {run.id}: {state} ({run.status})")
+
+
+RunIds = Annotated[list[str], typer.Argument(help="the runs", show_default=False)]
+
+
+@runs_app.command("exclude")
+def runs_exclude(
+    run_ids: RunIds,
+    reason: Annotated[
+        str | None, typer.Option(help="why, kept on the run", show_default=False)
+    ] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Leave runs out of fits, backtests and claims (a bad import, a broken node); they keep
+    their status and metrics."""
+    _set_excluded(run_ids, True, reason, url, token)
+
+
+@runs_app.command("include")
+def runs_include(run_ids: RunIds, url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """Include excluded runs again."""
+    _set_excluded(run_ids, False, None, url, token)
+
+
+@runs_app.command("metrics")
+def runs_metrics(
+    run_id: Annotated[str, typer.Argument(help="the run")],
+    name: Annotated[
+        str | None, typer.Option(help="only this metric", show_default="every metric")
+    ] = None,
+    as_json: JsonFlag = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """The metric points a run reported while it trained (its curves), ordered by step."""
+    with _api(url, token) as client:
+        points = list(client.iter_metrics(run_id, name=name))
+    if as_json:
+        _print_json(points)
+        return
+    columns = [
+        Column("step", "right", keep=9),
+        Column("name", keep=9),
+        Column("value", "right", keep=9),
+    ]
+    rows = [[str(p.step), p.name, _number(p.value)] for p in points]
+    _print_fitted(f"{len(points)} metric points of run {run_id}", columns, rows)

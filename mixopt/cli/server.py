@@ -1,5 +1,5 @@
 """``version``, and the commands that work on the database directly, where the server runs:
-``serve``, ``db`` and ``token create``."""
+``serve``, ``db`` and ``token``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,17 @@ from typing import Annotated, Any, cast
 import typer
 
 from mixopt import __version__
-from mixopt.cli._common import DatabaseUrl, _fail, _open_database, _settings
+from mixopt.cli._common import (
+    Column,
+    DatabaseUrl,
+    JsonFlag,
+    _direct_store,
+    _fail,
+    _open_database,
+    _print_fitted,
+    _print_json,
+    _settings,
+)
 from mixopt.schemas import API_PREFIX, NAME_PATTERN, Scope
 from mixopt.settings import Settings, is_loopback
 
@@ -28,8 +38,10 @@ def version() -> None:
 
 def serve(
     database_url: DatabaseUrl = None,
-    host: Annotated[str | None, typer.Option(help="address to bind [default: 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="port [default: 8000]")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="address to bind", show_default="127.0.0.1")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="port", show_default="8000")] = None,
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="skip auth; refused unless bound to loopback")
     ] = False,
@@ -41,8 +53,8 @@ def serve(
         int | None,
         typer.Option(
             min=0,
-            help="processes that run fits, per server process (0: in the server's threads) "
-            "[default: 1]",
+            help="processes that run fits, per server process (0: in the server's threads)",
+            show_default="1",
         ),
     ] = None,
     workers: Annotated[
@@ -188,3 +200,66 @@ def token_create(
     )
     typer.echo(secret)
     sys.stdout.flush()
+
+
+@token_app.command("list")
+def token_list(
+    database_url: DatabaseUrl = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Every token (revoked ones too), oldest first, never with its secret."""
+    with _direct_store(_settings(database_url).database_url) as store:
+        records, cursor = [], None
+        while True:
+            page = store.list_tokens(limit=1000, cursor=cursor)
+            records += page.items
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+    rows = [
+        {
+            "id": r.id,
+            "name": r.name,
+            "scope": r.scope,
+            "created_at": r.created_at.isoformat(),
+            "expires_at": r.expires_at.isoformat() if r.expires_at else None,
+            "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+        }
+        for r in records
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    columns = [
+        Column("id", keep=9),
+        Column("name", keep=9),
+        Column("scope", keep=8),
+        Column("created", keep=3),
+        Column("expires", keep=5),
+        Column("revoked", keep=7),
+    ]
+    minute = "%Y-%m-%d %H:%M"
+    cells = [
+        [
+            r.id,
+            r.name,
+            r.scope,
+            r.created_at.strftime(minute),
+            r.expires_at.strftime(minute) if r.expires_at else "never",
+            r.revoked_at.strftime(minute) if r.revoked_at else "",
+        ]
+        for r in records
+    ]
+    _print_fitted(f"{len(rows)} tokens", columns, cells)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="the token's id (mixopt token list)")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke a token: requests with it are refused with 401 from then on (within the servers'
+    token cache, a few seconds). Revoking a revoked token changes nothing."""
+    with _direct_store(_settings(database_url).database_url) as store:
+        record = store.revoke_token(token_id)
+    typer.echo(f"token {record.id} {record.name!r} revoked")

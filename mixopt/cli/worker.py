@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -37,7 +40,7 @@ CorpusDir = Annotated[
     ),
 ]
 Preset = Annotated[
-    str | None, typer.Option(help="proxy model preset: tiny, small, ... [default: tiny]")
+    str | None, typer.Option(help="proxy model preset: tiny, small, ...", show_default="tiny")
 ]
 ProxyConfigFile = Annotated[
     Path | None,
@@ -60,9 +63,9 @@ CheckpointDir = Annotated[
 Workdir = Annotated[
     Path | None,
     typer.Option(
-        help="directory the command runs in [default: the current directory]; each run also "
-        "gets a scratch directory of its own in MIXOPT_RUN_DIR",
-        show_default=False,
+        help="directory the command runs in; each run also gets a scratch directory of its "
+        "own in MIXOPT_RUN_DIR",
+        show_default="the current directory",
     ),
 ]
 Shell = Annotated[
@@ -89,9 +92,51 @@ FailureBackoff = Annotated[
 Verbose = Annotated[
     bool, typer.Option("--verbose", "-v", help="log every HTTP request and debug details")
 ]
-LeaseSeconds = Annotated[int, typer.Option(min=10, max=86400)]
-PollSeconds = Annotated[float, typer.Option(min=0.1, help="wait when nothing is pending")]
+LeaseSeconds = Annotated[
+    int, typer.Option(min=10, max=86400, help="a claim's lease, renewed by heartbeats")
+]
 MaxRuns = Annotated[int | None, typer.Option(min=1, help="stop after this many runs")]
+
+# How each worker trains: the flags ``worker`` and ``launch`` share, defined once here as
+# (parameter, annotation, default). ``with_training_flags`` puts them in a command's signature.
+TRAINING_FLAGS: tuple[tuple[str, Any, Any], ...] = (
+    ("command", Command, None),
+    ("corpus", CorpusDir, None),
+    ("preset", Preset, None),
+    ("proxy_config", ProxyConfigFile, None),
+    ("steps", Steps, None),
+    ("device", Device, None),
+    ("threads", Threads, None),
+    ("checkpoint_dir", CheckpointDir, None),
+    ("workdir", Workdir, None),
+    ("shell", Shell, False),
+    ("max_failures", MaxFailures, 5),
+    ("failure_backoff", FailureBackoff, 5.0),
+    ("lease_seconds", LeaseSeconds, 600),
+    ("max_runs", MaxRuns, None),
+)
+
+
+def with_training_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """The command with the training flags (``TRAINING_FLAGS``) in place of its parameter
+    ``training``, which receives their values as one dict (keyword arguments of
+    ``worker_options``). Typer reads a command's flags from its signature, hence this one."""
+    signature = inspect.signature(command, eval_str=True)
+    parameters = list(signature.parameters.values())
+    at = [p.name for p in parameters].index("training")
+    parameters[at : at + 1] = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+        for name, kind, default in TRAINING_FLAGS
+    ]
+
+    @functools.wraps(command)
+    def with_flags(**values: Any) -> None:
+        training = {name: values.pop(name) for name, _, _ in TRAINING_FLAGS}
+        command(training=training, **values)
+
+    with_flags.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    with_flags.__annotations__ = {p.name: p.annotation for p in parameters}
+    return with_flags
 
 
 def worker_options(
@@ -147,26 +192,19 @@ def worker_options(
     return options
 
 
+@with_training_flags
 def worker(
     experiment_id: Annotated[str, typer.Argument(help="the offline experiment to work for")],
-    command: Command = None,
-    corpus: CorpusDir = None,
-    preset: Preset = None,
-    proxy_config: ProxyConfigFile = None,
-    steps: Steps = None,
-    device: Device = None,
-    threads: Threads = None,
-    checkpoint_dir: CheckpointDir = None,
-    name: Annotated[
-        str | None, typer.Option(help="worker name [default: HOST/PID]", show_default=False)
-    ] = None,
-    lease_seconds: LeaseSeconds = 600,
+    *,
+    training: dict[str, Any],
+    name: Annotated[str | None, typer.Option(help="worker name", show_default="HOST/PID")] = None,
     heartbeat_seconds: Annotated[
         float | None,
-        typer.Option(min=0.1, help="[default: a third of the lease]", show_default=False),
+        typer.Option(
+            min=0.1, help="how often to renew the lease", show_default="a third of the lease"
+        ),
     ] = None,
-    poll_seconds: PollSeconds = 30,
-    max_runs: MaxRuns = None,
+    poll_seconds: Annotated[float, typer.Option(min=0.1, help="wait when nothing is pending")] = 30,
     exit_when_idle: Annotated[
         bool, typer.Option("--exit-when-idle", help="stop when no run is pending")
     ] = False,
@@ -177,10 +215,6 @@ def worker(
             help="stop when no run is pending or running (others' runs may still come back)",
         ),
     ] = False,
-    workdir: Workdir = None,
-    shell: Shell = False,
-    max_failures: MaxFailures = 5,
-    failure_backoff: FailureBackoff = 5.0,
     verbose: Verbose = False,
     stats_file: Annotated[
         Path | None, typer.Option(hidden=True, help="write the final counts here as JSON")
@@ -201,31 +235,18 @@ def worker(
         # httpx logs every request at INFO: half the output of a worker, none of it news.
         logging.getLogger("httpx").setLevel(logging.WARNING)
     options = worker_options(
-        command=command,
-        corpus=corpus,
-        preset=preset,
-        proxy_config=proxy_config,
-        steps=steps,
-        device=device,
-        threads=threads,
-        checkpoint_dir=checkpoint_dir,
+        **training,
         name=name,
-        lease_seconds=lease_seconds,
         heartbeat_seconds=heartbeat_seconds,
         poll_seconds=poll_seconds,
-        max_runs=max_runs,
         exit_when_idle=exit_when_idle,
         exit_when_done=exit_when_done,
-        workdir=workdir,
-        shell=shell,
-        max_failures=max_failures,
-        failure_backoff=failure_backoff,
     )
     with _api(url, token) as client:
         runner = build_or_exit(client, experiment_id, options)
         runner.install_signal_handlers()
         stats = runner.run(
-            max_runs=max_runs, exit_when_idle=exit_when_idle, exit_when_done=exit_when_done
+            max_runs=options.max_runs, exit_when_idle=exit_when_idle, exit_when_done=exit_when_done
         )
     if stats_file is not None:
         stats_file.write_text(json.dumps(asdict(stats)))

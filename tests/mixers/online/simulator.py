@@ -188,3 +188,28 @@ def best_static(world: World = WORLD, total_steps: int = TOTAL_STEPS) -> float:
         float(minimize(loss, z, method="Nelder-Mead", options={"maxiter": 4000}).fun)
         for z in starts
     )
+
+
+def head_room_captured(
+    method: str,
+    seed: int,
+    world: World = WORLD,
+    config: dict[str, Any] | None = None,
+    best: float | None = None,
+) -> float:
+    """The share of the best static mixture's gain over stratified that one run of ``method``
+    (its defaults, DoReMi given stratified's final losses as reference) reaches within the run;
+    ``best``: ``best_static(world)`` when already known."""
+    from mixers import online_method
+
+    if method == "doremi" and config is None:
+        config = {"reference_losses": reference_losses(world=world)}
+
+    def run(name: str, options: dict[str, Any]) -> float:
+        mixer = online_method(name).from_config(options)
+        mixer.check_space(world.space())
+        return simulate(mixer, seed, world=world).score
+
+    stratified = run("stratified", {})
+    best = best_static(world) if best is None else best
+    return (stratified - run(method, config or {})) / (stratified - best)

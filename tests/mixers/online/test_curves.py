@@ -7,7 +7,14 @@ import pytest
 
 from mixers import DomainSpace, online_method
 from mixers.online.base import Feedback
-from mixers.online.curves import Curves, LearningCurve, fit_curve, plan_weights
+from mixers.online.curves import (
+    Curves,
+    LearningCurve,
+    discounted,
+    fit_curve,
+    plan_weights,
+    transfer_prior_matrix,
+)
 from mixopt.errors import InvalidInput
 
 
@@ -84,3 +91,55 @@ def test_curves_warms_up_on_the_base_mixture_then_steers_within_the_trust_region
         previous = decision.weights
     assert decision.phase == "exploit"
     assert state["target"][2] == min(state["target"])
+
+
+def test_discounted_exposure_is_the_cumulative_allocation_without_forgetting() -> None:
+    x = np.cumsum(np.random.default_rng(1).dirichlet(np.ones(3), 8), axis=0)
+    assert np.allclose(discounted(x, 0.0), x)
+    faded = discounted(x, 0.5)
+    # Each round's increment counts e^-0.5 per unit trained since: the latest in full.
+    increments = np.diff(x, axis=0, prepend=np.zeros((1, 3)))
+    age = x.sum(axis=1)[-1] - x.sum(axis=1)
+    assert np.allclose(faded[-1], np.exp(-0.5 * age) @ increments)
+    assert np.all(faded[-1] < x[-1])
+
+
+def test_fit_finds_forgetting_in_a_loss_that_rises_while_its_domain_is_starved() -> None:
+    # Domain 0 trains for six rounds, then only domain 1 does: its loss climbs back up.
+    shares = np.array([[0.9, 0.1]] * 6 + [[0.0, 1.0]] * 6)
+    x = np.cumsum(shares, axis=0)
+    truth = LearningCurve(0, [1.0, np.log(2.0), np.log(0.5), 0.0, 0.0, 0.4])
+    y = truth(discounted(x, 0.4))
+    assert y[-1] > y[5]
+    fitted = fit_curve(0, x, y, None, transfer_prior=0.01, forgetting=True)
+    assert fitted.params[-1] == pytest.approx(0.4, abs=0.1)
+    assert np.max(np.abs(fitted(discounted(x, fitted.params[-1])) - y)) < 0.01
+    # Without forgetting the law cannot follow the rise.
+    rigid = fit_curve(0, x, y, None, transfer_prior=0.01)
+    assert np.max(np.abs(rigid(x) - y)) > 0.05
+
+
+def test_planner_keeps_training_a_domain_that_forgets() -> None:
+    # Two like domains; the first forgets. With no forgetting the planner's best is the even
+    # split; forgetting makes its data worth less at the end, but starving it costs more.
+    params = [1.0, np.log(2.0), np.log(0.5), 0.0, 0.0]
+    steady = Curves([LearningCurve(0, params), LearningCurve(1, params)])
+    forgets = Curves([LearningCurve(0, [*params, 0.5]), LearningCurve(1, [*params, 0.0])])
+    lower, upper, half = np.full(2, 0.01), np.ones(2), np.full(2, 0.5)
+    w = plan_weights(steady, half, np.ones(2), 10.0, lower, upper, np.array([0.3, 0.7]))
+    assert w == pytest.approx(half, abs=1e-3)
+    kept = np.array([discounted(np.array([[1.0, 1.0]]), 0.5)[-1], [1.0, 1.0]])
+    w = plan_weights(forgets, half, kept, 10.0, lower, upper, half)
+    assert 0.05 < w[0] < 0.95
+
+
+def test_shared_transfer_prior_penalises_only_preferences_between_domains() -> None:
+    root = transfer_prior_matrix(4, 0.1, 0.001)
+    even, skewed = np.full(4, 0.3), np.array([1.2, 0.0, 0.0, 0.0])
+    # The same total transfer costs far less spread evenly than from one domain.
+    assert np.sum((root @ even) ** 2) < 0.01 * np.sum((root @ skewed) ** 2)
+    # It is the closed form of pulling each coefficient to a level g and g towards 0.
+    g = 0.1**2 * skewed.sum() / (0.1**2 * 4 + 0.001**2)
+    expected = 0.1**2 * np.sum((skewed - g) ** 2) + 0.001**2 * g**2
+    assert np.sum((root @ skewed) ** 2) == pytest.approx(expected)
+    assert np.allclose(transfer_prior_matrix(3, 0.2, None), 0.2 * np.eye(3))

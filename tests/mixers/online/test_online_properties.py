@@ -74,9 +74,13 @@ for cls in online_methods():
     for space_name, make_space in SPACES.items():
         for i, config in enumerate(method_configs(cls.name, make_space())):
             case_id = f"{cls.name}-{i}-{space_name}"
-            CASES.append(pytest.param(cls, config, space_name, id=case_id))
             marks = [pytest.mark.slow] if cls.name in FITTING else []
             PROPERTY_CASES.append(pytest.param(cls, config, space_name, id=case_id, marks=marks))
+            # A fitting method's conformance check takes seconds per case: the fast tier keeps
+            # its defaults on one space, the slow tier every config on every space.
+            fast = cls.name not in FITTING or (i == 0 and space_name == "single")
+            conformance_marks = [] if fast else [pytest.mark.slow]
+            CASES.append(pytest.param(cls, config, space_name, id=case_id, marks=conformance_marks))
 
 
 def make(

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from mixopt import __version__, schemas
 from mixopt.schemas import API_PREFIX
 from mixopt.settings import Settings
+from service.api.hot_paths import HotPathMiddleware
 from service.api.routes import dashboard, docs, experiments, online, ops, runs, tokens
 from service.auth import Authenticator, FailureThrottle
 from service.fit_runner import FitRunner
@@ -93,6 +94,8 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
     app.include_router(dashboard.pages)
 
     install_problem_handlers(app)
+    # Innermost: inside the body limit, CORS and the request metrics, as the routes are.
+    app.add_middleware(HotPathMiddleware, api=app)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,

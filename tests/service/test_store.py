@@ -399,6 +399,20 @@ def test_large_metric_batch_is_stored_once(store: SqlStore) -> None:
     assert store.append_metrics(run_id, batch) == (10_000, 0)
 
 
+def test_metric_names_and_values_are_stored_exactly_as_given(store: SqlStore) -> None:
+    # Postgres receives a batch as array text: names that an array literal would read as NULL
+    # or split must come back unchanged, and every float bit for bit.
+    experiment = store.create_experiment(new_experiment())
+    (run_id,) = pending_runs(store, experiment.id, 1)
+    values = [0.1, 1 / 3, 5e-324, 1.7976931348623157e308, -0.0, 1e16, 123456789.123456789]
+    batch = [("NULL", 1, 1.0), ('a"b', 1, 2.0), ("a\\b,{c}", 1, 3.0), ("", 1, 4.0)]
+    batch += [("loss", step, value) for step, value in enumerate(values)]
+    assert store.append_metrics(run_id, batch) == (len(batch), len(batch))
+    stored = store.list_metrics(run_id, name=None, limit=100, cursor=None).items
+    assert sorted((p.name, p.step, p.value) for p in stored) == sorted(batch)
+    assert store.append_metrics(run_id, batch) == (len(batch), 0)  # read back as equal
+
+
 # --- online runs ---
 
 

@@ -11,6 +11,7 @@ from mixopt import schemas
 from service.api.deps import AuthenticatedRoute, OpsDep, ReadDep, StoreDep, WriteDep
 from service.convert import weights_out
 from service.problems import PROBLEM_RESPONSES
+from service.store.base import WeightsRecord
 
 router = APIRouter(
     prefix="/runs", tags=["online"], responses=PROBLEM_RESPONSES, route_class=AuthenticatedRoute
@@ -21,7 +22,7 @@ def _etag(version: int) -> str:
     return f'"{version}"'
 
 
-def _newest_known(if_none_match: str | None) -> int:
+def newest_known(if_none_match: str | None) -> int:
     """The highest version named in ``If-None-Match`` (0 if none): what the client has seen."""
     newest = 0
     for tag in (if_none_match or "").split(","):
@@ -46,10 +47,16 @@ async def get_weights(
     """The current weights: from the store's cache on the event loop when it has them, else an
     indexed read in a thread (no mixer maths on a poll either way)."""
     record = store.cached_weights(run_id) if at_step is None else None
-    if record is None or record.version < _newest_known(if_none_match):
+    if record is None or record.version < newest_known(if_none_match):
         # A client never goes back to an older version than it has seen, even if this replica
         # has not yet heard of the newer one.
         record = await run_in_threadpool(store.get_weights, run_id, at_step)
+    return weights_answer(record, if_none_match)
+
+
+def weights_answer(record: WeightsRecord, if_none_match: str | None) -> Response:
+    """A weights poll's answer: 304 if ``If-None-Match`` names the version, else the weights
+    (also sent by ``service.api.hot_paths``)."""
     etag = _etag(record.version)
     if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
         return Response(status_code=304, headers={"ETag": etag})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -37,6 +37,26 @@ def _bucket_divisor(span: int, max_points: int) -> int:
     product leaves BIGINT: 1 (exact buckets) unless ``span * max_points`` nears 2**62 (steps go
     up to 2**62), and then just enough to stay under it."""
     return ((span + 1) * max_points >> 62) + 1
+
+
+def _array_literal(elements: Iterable[str]) -> str:
+    """A Postgres array literal of already-formatted elements.
+
+    Sent as text and cast by the statement: psycopg's list adapter formats each element in
+    Python, 0.6 ms of CPU for a batch of 100 points (measured), a fifth of the whole request;
+    formatting the text here takes about a sixth of that. Steps are integers and values
+    floats, whose ``repr`` is the shortest text that reads back as the same double; names go
+    through ``_quoted``.
+    """
+    return "{" + ",".join(elements) + "}"
+
+
+def _quoted(name: str) -> str:
+    """``name`` as an array element: always quoted (a metric named NULL stays a name), with
+    the two characters that need it escaped (API names cannot hold them; store callers might)."""
+    if "\\" in name or '"' in name:
+        name = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{name}"'
 
 
 class MetricStore(SqlStoreBase):
@@ -89,8 +109,12 @@ class MetricStore(SqlStoreBase):
             "RETURNING 1) "
             "SELECT EXISTS (SELECT FROM run), (SELECT count(*) FROM new)"
         )
-        values = [points[key] for key in keys]
-        params = {"run_id": rid, "names": list(names), "steps": list(steps), "values": values}
+        params = {
+            "run_id": rid,
+            "names": _array_literal(_quoted(name) for name in names),
+            "steps": _array_literal(map(str, steps)),
+            "values": _array_literal(repr(points[key]) for key in keys),
+        }
         with self.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
             try:

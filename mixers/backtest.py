@@ -14,7 +14,9 @@ found the optimum with fewer runs? ``backtest`` answers them by replay:
     acts as an oracle with a fixed set of answers.
 * **Models**: at each size every requested regressor is cross-validated on the seen runs,
   refitted and searched; ``auto`` is the row of the model with the best cross-validated
-  Spearman (no extra fit: it is what ``auto`` would have chosen).
+  Spearman (no extra fit: it is what ``auto`` would have chosen). When the objective combines
+  several metrics (``terms``), ``auto`` is a fit of its own: it also weighs per-metric fits
+  (``fit_model``), which no single-regressor row has.
 * **Scores** of a row: the cross-validated Spearman on the seen runs; the Spearman of its
   predictions on the unseen runs (``heldout_spearman``; none when every run was seen); and
   ``judged``, the value of its recommendation under the **reference**: a fit of
@@ -34,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mixers.base import Direction, DomainSpace, FloatArray, Observation
-from mixers.fitting import MIN_RUNS, Fit, fit_model, spearman_or_none
+from mixers.fitting import MIN_RUNS, Fit, MetricTerms, fit_model, spearman_or_none
 from mixers.recommendation import Recommendation, recommend
 from mixers.registry import offline_method, offline_methods
 from mixers.regressors import regressor_names
@@ -135,11 +137,15 @@ def _check_choice(values: Sequence[str], known: Sequence[str], field_name: str) 
         )
 
 
-def backtest_steps(designs: Sequence[str], sizes: Sequence[int], models: Sequence[str]) -> int:
+def backtest_steps(
+    designs: Sequence[str], sizes: Sequence[int], models: Sequence[str], *, per_metric: bool = False
+) -> int:
     """The number of fits a backtest makes (for a progress bar): one per model and cell, plus
-    the reference."""
+    the reference; with ``per_metric`` (an objective of several metrics) ``auto`` is one more
+    per cell."""
     fitted = [m for m in models if m != "auto"] or list(regressor_names())
-    return len(designs) * len(sizes) * len(fitted) + 1
+    own_auto = int(per_metric and "auto" in models)
+    return len(designs) * len(sizes) * (len(fitted) + own_auto) + 1
 
 
 def _design_order(
@@ -189,6 +195,7 @@ def backtest(
     direction: Direction = "minimize",
     seed: int = 0,
     search_candidates: int = 10_000,
+    terms: MetricTerms | None = None,
 ) -> Backtest:
     """Replay the swarm ``(X, y)`` (rows in creation order) for each design, size and model.
 
@@ -199,6 +206,9 @@ def backtest(
 
     Each search scores a fixed ``search_candidates`` (no time budget, unlike ``POST /fit``), so a
     backtest is reproducible and rows differ by what they saw, not by how busy the machine was.
+
+    ``terms``: the runs' per-metric values when the objective is a weighted sum of metrics (rows
+    as ``X``); the ``auto`` rows then come from ``auto`` fits, per-metric candidates included.
     """
     plan = plan or BacktestPlan()
     models, sizes, designs = plan.models, plan.sizes, plan.designs
@@ -222,7 +232,7 @@ def backtest(
         )
     _check_choice([reference_model], known, "reference_model")
     fitted_models = [m for m in models if m != "auto"] or list(known)
-    total = backtest_steps(designs, sizes, models)
+    total = backtest_steps(designs, sizes, models, per_metric=terms is not None)
     if max_fits is not None and total > max_fits:
         raise InvalidInput.at(
             (),
@@ -245,6 +255,7 @@ def backtest(
         fit = fit_model(
             X[rows], y[rows], ids, model=model, names=space.names, seed=seed,
             direction=direction, importance=False,
+            terms=None if terms is None or model != "auto" else terms.rows(rows),
         )  # fmt: skip
         rng = np.random.default_rng([seed, len(rows)])
         return fit, recommend(space, fit, rng, candidates=search_candidates)
@@ -260,7 +271,9 @@ def backtest(
             seen = order[:size]
             unseen = np.setdiff1d(np.arange(n), seen)
             cell: list[BacktestRow] = []
-            for model in fitted_models:
+            # With several metrics ``auto`` may fit them one by one: a fit of its own.
+            own_auto = ["auto"] if terms is not None and "auto" in models else []
+            for model in [*fitted_models, *own_auto]:
                 row_started = time.perf_counter()
                 result, rec = fit_and_recommend(seen, model)
                 judged = float(reference.estimator.predict(rec.weights[None])[0])
@@ -273,7 +286,7 @@ def backtest(
                     BacktestRow(
                         design=design,
                         n_runs=size,
-                        model=model,
+                        model=result.model,
                         requested=model,
                         cv_spearman=result.cv.spearman,
                         heldout_spearman=held,
@@ -287,7 +300,7 @@ def backtest(
                 )
                 tick(f"{design}: {model} on {size} runs")
             rows.extend(cell)
-            if "auto" in models:
+            if "auto" in models and not own_auto:
                 best = max(
                     cell,
                     key=lambda r: r.cv_spearman if r.cv_spearman is not None else -math.inf,

@@ -383,7 +383,11 @@ class MethodConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Observation:
-    """A run as the mixers see it: the mixture, its parameters and its objective (if finished)."""
+    """A run as the mixers see it: the mixture, its parameters and its objective (if finished).
+
+    ``metrics``: the run's values of the objective's metrics (those it reported), so that a fit
+    can model each metric of a combined objective on its own.
+    """
 
     weights: FloatArray
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -391,6 +395,7 @@ class Observation:
     status: str = "completed"
     excluded: bool = False
     run_id: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

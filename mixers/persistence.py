@@ -4,8 +4,9 @@ Loading a pickle runs code chosen by whoever wrote the bytes, and an upgrade of 
 scikit-learn or LightGBM can make a pickle unreadable. A stored fit is instead the fit's report
 and the regressor's own state (``to_state``: LightGBM's model text, the laws' coefficients, the
 GP's training set and hyper-parameters), rebuilt through public constructors
-(``from_state``). A document whose format this version does not know raises ``UnreadableFit``
-(a 409 telling the user to fit again), never an arbitrary error.
+(``from_state``). A per-metric fit (``PerMetricRegressor``) stores each member's state the
+same way. A document whose format this version does not know raises ``UnreadableFit`` (a 409
+telling the user to fit again), never an arbitrary error.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import zlib
 from dataclasses import asdict
 from typing import Any
 
-from mixers.fitting import Candidate, CvScores, Fit, Noise, OutOfFold
+from mixers.fitting import Candidate, CvScores, Fit, MetricModel, Noise, OutOfFold
 from mixers.regressors import make_regressor
+from mixers.regressors.per_metric import PerMetricRegressor
 from mixopt.errors import Conflict
 
 __all__ = ["FIT_FORMAT", "UnreadableFit", "dump_fit", "load_fit"]
 
 FIT_FORMAT = "mixopt.fit.v1"
 """zlib-compressed UTF-8 JSON: ``{"format", "fit", "estimator": {"class", "params",
-"state"}}``. A change to any regressor's state is a new format."""
+"state"}}``; a ``PerMetricRegressor``'s state is ``{"members": [estimator, ...]}`` (one
+document like ``estimator`` per metric). A change to any regressor's state is a new format."""
 
 
 class UnreadableFit(Conflict):
@@ -32,11 +35,48 @@ class UnreadableFit(Conflict):
     title = "Fit unreadable"
 
 
+def _estimator_document(estimator: Any, model: str) -> dict[str, Any]:
+    if isinstance(estimator, PerMetricRegressor):
+        state: Any = {
+            "members": [
+                _estimator_document(member, name)
+                for member, name in zip(estimator.estimators_, estimator.models, strict=True)
+            ]
+        }
+    elif hasattr(estimator, "to_state"):
+        state = estimator.to_state()
+    else:
+        raise TypeError(f"regressor {model!r} cannot be stored: it has no to_state()")
+    return {
+        "class": type(estimator).__name__,
+        "params": estimator.get_params(deep=False),
+        "state": state,
+    }
+
+
+def _estimator_from(model: str, estimator: dict[str, Any]) -> Any:
+    """The estimator a document of ``_estimator_document`` describes; ``model`` is the
+    registered regressor it must be (ignored for a ``PerMetricRegressor``, whose members say)."""
+    if estimator["class"] == PerMetricRegressor.__name__:
+        params = estimator["params"]
+        members = estimator["state"]["members"]
+        if len(members) != len(params["models"]):
+            raise ValueError(f"{len(members)} stored members for {len(params['models'])} metrics")
+        return PerMetricRegressor.from_members(
+            params,
+            [
+                _estimator_from(name, doc)
+                for name, doc in zip(params["models"], members, strict=True)
+            ],
+        )
+    cls = type(make_regressor(model, 0))
+    if cls.__name__ != estimator["class"]:
+        raise ValueError(f"model {model!r} is now a {cls.__name__}, not a {estimator['class']}")
+    return cls.from_state(estimator["params"], estimator["state"])
+
+
 def dump_fit(fit: Fit) -> bytes:
-    """``fit`` as a data-only document (``TypeError`` if its regressor has no ``to_state``)."""
-    estimator = fit.estimator
-    if not hasattr(estimator, "to_state"):
-        raise TypeError(f"regressor {fit.model!r} cannot be stored: it has no to_state()")
+    """``fit`` as a data-only document (``TypeError`` if a regressor has no ``to_state``)."""
     document = {
         "format": FIT_FORMAT,
         "fit": {
@@ -55,12 +95,10 @@ def dump_fit(fit: Fit) -> bytes:
             "seconds": fit.seconds,
             "observed_lower": list(fit.observed_lower),
             "observed_upper": list(fit.observed_upper),
+            "metric_models": [asdict(m) for m in fit.metric_models],
+            "tied": list(fit.tied),
         },
-        "estimator": {
-            "class": type(estimator).__name__,
-            "params": estimator.get_params(deep=False),
-            "state": estimator.to_state(),
-        },
+        "estimator": _estimator_document(fit.estimator, fit.model),
     }
     return zlib.compress(json.dumps(document, allow_nan=True).encode())
 
@@ -87,20 +125,15 @@ def load_fit(data: bytes, stored_format: str | None = FIT_FORMAT) -> Fit:
         raise UnreadableFit(f"the stored fit has format {found!r}, this version reads {FIT_FORMAT}")
     try:
         return _fit_from(document["fit"], document["estimator"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise UnreadableFit(f"the stored fit cannot be read: {type(exc).__name__}: {exc}") from None
 
 
 def _fit_from(fit: dict[str, Any], estimator: dict[str, Any]) -> Fit:
-    cls = type(make_regressor(fit["model"], 0))
-    if cls.__name__ != estimator["class"]:
-        raise ValueError(
-            f"model {fit['model']!r} is now a {cls.__name__}, not a {estimator['class']}"
-        )
     return Fit(
         model=fit["model"],
         requested=fit["requested"],
-        estimator=cls.from_state(estimator["params"], estimator["state"]),
+        estimator=_estimator_from(fit["model"], estimator),
         names=tuple(fit["names"]),
         cv=CvScores(**fit["cv"]),
         candidates=tuple(Candidate(**c) for c in fit["candidates"]),
@@ -117,4 +150,7 @@ def _fit_from(fit: dict[str, Any], estimator: dict[str, Any]) -> Fit:
         seconds=float(fit["seconds"]),
         observed_lower=tuple(float(x) for x in fit["observed_lower"]),
         observed_upper=tuple(float(x) for x in fit["observed_upper"]),
+        # Absent from fits stored before per-metric fits existed.
+        metric_models=tuple(MetricModel(**m) for m in fit.get("metric_models", [])),
+        tied=tuple(str(name) for name in fit.get("tied", [])),
     )

@@ -19,7 +19,7 @@ import numpy as np
 from mixers.base import Direction, DomainSpace, FloatArray
 from mixers.fitting import Fit, predict
 from mixers.sampling import neighbourhood, swarm_samples
-from mixers.search import Round, global_then_refine
+from mixers.search import CHUNK, Round, global_then_refine
 
 __all__ = [
     "DISTINCT_L1",
@@ -30,10 +30,13 @@ __all__ = [
     "Scored",
     "SearchReport",
     "recommend",
+    "search_candidates",
+    "seconds_per_candidate",
 ]
 
 SEARCH_SECONDS = 3.0
-"""The time a fit's search may take (``POST /fit`` answers in seconds, not minutes)."""
+"""The time a fit's search is sized for (``POST /fit`` answers in seconds, not minutes); it is
+turned into a number of candidates by ``search_candidates``, never checked on the clock."""
 DISTINCT_L1 = 0.05
 """Alternatives differ from each other and from the recommendation by more than this (L1)."""
 MAX_ALTERNATIVES = 5
@@ -44,6 +47,22 @@ _REFINE_CONCENTRATIONS = (100.0, 400.0, 1600.0)
 _REFINE_CENTRES = 16
 _REFINE_DISTINCT_L1 = 0.02
 _REFINE_MIN_ALPHA = 0.01
+
+# Seconds per candidate, measured on this service's 2-core host under the load of a shared CI
+# run (load ~2.3): drawing and projecting a candidate costs about 4 us + 0.4 us per domain
+# (5.6 us at K=5, 8.6 at 17, 30 at 64); scoring it costs a 1000-tree LightGBM about 70 us
+# (14k/s at K=17 and K=64 alike), a GP about (34 + 0.57 K) ns per fitted run (45k/s at 512 runs
+# and K=17, 28k/s at K=64), and the linear and parametric laws well under 1 us (1-25M/s).
+_DRAW_SECONDS = (4e-6, 4e-7)  # constant, per domain
+_SCORE_SECONDS: dict[str, tuple[float, float, float, float]] = {
+    # model -> (constant, per domain, per fitted run, per domain and fitted run)
+    "linear": (0.0, 2e-8, 0.0, 0.0),
+    "loglinear": (0.0, 2e-8, 0.0, 0.0),
+    "mixing_law": (0.0, 2e-8, 0.0, 0.0),
+    "lightgbm": (7e-5, 0.0, 0.0, 0.0),
+    "gp": (0.0, 0.0, 3.4e-8, 5.7e-10),
+}
+_UNKNOWN_SCORE_SECONDS = (1e-4, 0.0, 0.0, 0.0)  # a regressor registered elsewhere: like trees
 
 
 @dataclass(frozen=True)
@@ -112,6 +131,34 @@ def _trust_space(space: DomainSpace, result: Fit) -> DomainSpace | None:
     return dataclasses.replace(space, lower=lower, upper=upper)
 
 
+def seconds_per_candidate(result: Fit) -> float:
+    """The time one candidate of ``result``'s search takes here (drawn and scored), from the
+    measured figures above: by the fit's model, its number of features and of runs. A
+    per-metric fit scores each metric's regressor."""
+    k, n = len(result.names), result.n_runs
+    members = [m.model for m in result.metric_models] or [result.model]
+    seconds = _DRAW_SECONDS[0] + _DRAW_SECONDS[1] * k
+    for model in members:
+        constant, per_domain, per_run, per_cell = _SCORE_SECONDS.get(model, _UNKNOWN_SCORE_SECONDS)
+        seconds += constant + per_domain * k + (per_run + per_cell * k) * n
+    return seconds
+
+
+def search_candidates(result: Fit, seconds: float, *, most: int = 100_000) -> int:
+    """How many candidates ``result``'s search scores in ``seconds`` here: at most ``most``,
+    at least one chunk (``mixers.search.CHUNK``).
+
+    A count from the model and the data's shape, not from the clock: the same runs, config and
+    seed give the same recommendation however busy the machine is. At ``SEARCH_SECONDS``: the
+    100k cap for the linear and parametric laws at K=17 (97k at K=64) and for a GP on 128 runs
+    at K=17; a GP on 512 runs 90k at K=17, 46k at K=64; a 1000-tree LightGBM 37k at K=17, 30k
+    at K=64.
+    """
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"seconds must be a finite number >= 0, got {seconds}")
+    return max(CHUNK, min(most, int(seconds / seconds_per_candidate(result))))
+
+
 def _kl_to_prior(w: FloatArray, prior: FloatArray) -> FloatArray:
     """KL(w || prior) per row, with 0 log 0 = 0 (a domain the prior lacks costs nothing only
     when ``w`` lacks it too)."""
@@ -169,10 +216,11 @@ def recommend(
     Alternatives: up to 5 candidates predicted within ``sigma`` of the best candidate, each more
     than 0.05 (L1) from the recommendation and from each other, best first.
 
-    ``max_seconds`` bounds the search: after the first chunk, the number of candidates is cut
-    to what the model can score in that time (never below one chunk). A 1000-tree model scores
-    about 12k mixtures a second here, a linear model millions; ``search.candidates`` reports the
-    number actually scored.
+    ``max_seconds`` sizes the search to a time budget: ``candidates`` is cut to
+    ``search_candidates(result, max_seconds)``, the count the fit's model gets through in that
+    time on this host by the measured rates (never below one chunk). It is a count, not a clock,
+    so a busy machine scores as many candidates as a quiet one and recommends the same mixture;
+    ``search.candidates`` reports the number scored, ``search.seconds`` the time it took.
     """
     if tuple(space.names) != result.names:
         raise ValueError(f"the space's domains {space.names} are not the fit's {result.names}")
@@ -181,6 +229,8 @@ def recommend(
     if not (math.isfinite(kl_penalty) and kl_penalty >= 0):
         raise ValueError(f"kl_penalty must be a finite number >= 0, got {kl_penalty}")
     started = time.perf_counter()
+    if max_seconds is not None:
+        candidates = min(candidates, search_candidates(result, max_seconds))
     direction = direction or result.direction
     sign = 1.0 if direction == "minimize" else -1.0  # smaller sign * prediction is better
     top_k = min(top_k, candidates)
@@ -207,7 +257,6 @@ def recommend(
         ),
         centres=_REFINE_CENTRES,
         min_l1=_REFINE_DISTINCT_L1,
-        max_seconds=max_seconds,
     )
     pool_w, pool_s = search.pool.rows, search.pool.scores
     # The global stage's best, for the alternatives: refining crowds the pool around the

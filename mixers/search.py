@@ -11,7 +11,6 @@ the candidates ``bayes`` picks its batch from all come from here.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,8 +25,7 @@ Scorer = Callable[[FloatArray], FloatArray]
 Draw = Callable[[int], FloatArray]
 """``count -> rows`` drawn over the whole space (it may return fewer)."""
 CHUNK = 8192
-"""Rows drawn and scored at once in the global stage: bounded memory, and a time budget is
-checked after the first."""
+"""Rows drawn and scored at once in the global stage: bounded memory."""
 Around = Callable[[FloatArray, float, int], FloatArray]
 """``(centres, concentration, count) -> rows`` drawn around the centres (rows, used in turn)."""
 
@@ -102,16 +100,17 @@ def global_then_refine(
     min_l1: float | None = None,
     seeds: FloatArray | None = None,
     chunk: int = CHUNK,
-    max_seconds: float | None = None,
 ) -> Search:
     """Score ``candidates`` rows: ``global_share`` of them from ``draw`` (in chunks), then the
     rest split evenly over the ``rounds``, each round's share split evenly over its
     concentrations, drawn around the ``centres`` best distinct (``min_l1``) rows so far.
 
     ``seeds`` (e.g. the runs so far) join the pool after the global stage, not counted in
-    ``candidates``. ``max_seconds`` bounds the search: after the first chunk, ``candidates`` is
-    cut to what the scorer gets through in that time (never below one chunk). Refinement stops
-    early when the pool holds no row with a finite score.
+    ``candidates``. Refinement stops early when the pool holds no row with a finite score.
+
+    The work is a count, never a clock: the same scorer, draws and ``candidates`` give the same
+    pool on a quiet or a busy machine (a time budget is turned into a count by the caller, e.g.
+    ``mixers.recommendation.search_candidates``).
     """
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
@@ -122,7 +121,6 @@ def global_then_refine(
         # The epsilon keeps an exact share (0.4 x 10240) from rounding up to one row more.
         return math.ceil(total * global_share - 1e-9) if rounds else total
 
-    started = time.perf_counter()
     pool = TopK(width, keep)
     global_count = global_part(candidates)
     drawn = asked = 0
@@ -132,10 +130,6 @@ def global_then_refine(
         pool.add(rows, score(rows))
         drawn += len(rows)
         asked += size
-        if max_seconds is not None and asked == size:
-            per_row = (time.perf_counter() - started) / size
-            candidates = max(size, min(candidates, int(max_seconds / max(per_row, 1e-9))))
-            global_count = global_part(candidates)
     if seeds is not None and len(seeds):
         pool.add(seeds, score(seeds))
     after_global = pool.copy()

@@ -21,7 +21,7 @@ import secrets
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -54,13 +54,17 @@ class FitJob:
     history: tuple[Observation, ...]
     model: str
     direction: Direction
+    metric_weights: Mapping[str, float] | None = None
+    """The objective's metrics and weights (``auto`` may fit them one by one)."""
 
 
 def compute_fit(job: FitJob, stage: Callable[[str], None]) -> NewFit:
     """Fit, search the recommendation and encode the model; ``stage`` hears what it does."""
     mixer, space = job.mixer, job.space
     stage(f"cross-validating {job.model}")
-    fit = mixer.fit(space, job.history, job.model, direction=job.direction)
+    fit = mixer.fit(
+        space, job.history, job.model, direction=job.direction, metric_weights=job.metric_weights
+    )
     stage(f"searching the recommendation of {fit.model} ({fit.n_runs} runs)")
     rng = np.random.default_rng([mixer.config.seed or 0, fit.n_runs])
     recommendation = recommendation_out(space, mixer.recommend(space, fit, rng))

@@ -17,20 +17,31 @@ TARGET = "metric/the_pile_pile_cc_val_loss"
 WEIGHT_PREFIX = "train_the_pile_"
 
 
-def load_regmix(split: str) -> tuple[FloatArray, FloatArray, list[str], list[str]]:
-    """(X, y, domain names, run ids) of one split, mixtures joined with losses on ``index``.
+def load_regmix_losses(
+    split: str,
+) -> tuple[FloatArray, FloatArray, list[str], list[str], list[str]]:
+    """(X, losses, domain names, loss metric names, run ids) of one split: every run's 13
+    per-domain validation losses (columns of ``losses``, named as in the file), mixtures joined
+    with losses on ``index``.
 
     The weights are as stored (rounded to 1e-3, so rows sum to 1 only within 1 %).
     """
     with (DATA / f"{split}_mixture_1m.csv").open() as f:
         mixtures = list(csv.DictReader(f))
     with (DATA / f"{split}_pile_loss_1m.csv").open() as f:
-        losses = {row["index"]: float(row[TARGET]) for row in csv.DictReader(f)}
+        losses = {row["index"]: row for row in csv.DictReader(f)}
     columns = [c for c in mixtures[0] if c != "index"]
+    metrics = [c for c in next(iter(losses.values())) if c != "index"]
     X = np.array([[float(row[c]) for c in columns] for row in mixtures])
-    y = np.array([losses[row["index"]] for row in mixtures])
+    V = np.array([[float(losses[row["index"]][m]) for m in metrics] for row in mixtures])
     names = [c.removeprefix(WEIGHT_PREFIX) for c in columns]
-    return X, y, names, [f"{split}-{row['index']}" for row in mixtures]
+    return X, V, names, metrics, [f"{split}-{row['index']}" for row in mixtures]
+
+
+def load_regmix(split: str) -> tuple[FloatArray, FloatArray, list[str], list[str]]:
+    """(X, y, domain names, run ids) of one split, ``y`` the Pile-CC validation loss."""
+    X, V, names, metrics, ids = load_regmix_losses(split)
+    return X, V[:, metrics.index(TARGET)], names, ids
 
 
 def regmix_splits() -> dict[str, Any]:

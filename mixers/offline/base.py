@@ -70,13 +70,16 @@ class OfflineMixer(Mixer[ConfigT]):
         model: str,
         *,
         direction: Direction,
+        metric_weights: Mapping[str, float] | None = None,
     ) -> Fit:
         """Cross-validate ``model`` (``auto``: every regressor) on the usable runs, refit it.
 
+        ``metric_weights``: the objective's metrics and weights; when it combines several and
+        the runs carry them (``Observation.metrics``), ``auto`` also fits them one by one.
         ``Conflict`` with too few usable runs; ``InvalidInput`` at ``("model",)`` for an
         unknown model.
         """
-        usable = usable_runs(history, space.k)
+        usable = usable_runs(history, space.k, metric_weights=metric_weights)
         try:
             features = self.features(space, usable.X, [obs.params for obs in usable.observations])
         except InvalidInput as exc:
@@ -89,12 +92,14 @@ class OfflineMixer(Mixer[ConfigT]):
             names=self.feature_names(space),
             seed=self.config.seed or 0,
             direction=direction,
+            terms=usable.terms,
         )
 
     def recommend(self, space: DomainSpace, fit: Fit, rng: np.random.Generator) -> Recommendation:
-        """The mixture ``fit`` predicts best, searched within ``SEARCH_SECONDS``: a tree
-        ensemble scores far fewer candidates per second than a linear model, so the search
-        scores as many as fit in the budget."""
+        """The mixture ``fit`` predicts best, with a search sized to ``SEARCH_SECONDS``: a
+        tree ensemble scores far fewer candidates per second than a linear model, so the search
+        scores the count its model gets through in that time here (``search_candidates``: by
+        model and data shape, not by the clock, so the answer does not depend on the load)."""
         return recommend(space, fit, rng, max_seconds=SEARCH_SECONDS)
 
     def predict(self, fit: Fit, features: FloatArray) -> list[Prediction]:
@@ -113,9 +118,11 @@ class OfflineMixer(Mixer[ConfigT]):
         plan: BacktestPlan,
         *,
         direction: Direction,
+        metric_weights: Mapping[str, float] | None = None,
     ) -> Backtest:
-        """Replay the usable runs by design, size and model (``mixers.backtest``)."""
-        usable = usable_runs(history, space.k)
+        """Replay the usable runs by design, size and model (``mixers.backtest``); with
+        ``metric_weights`` (see ``fit``) ``auto`` rows consider per-metric fits too."""
+        usable = usable_runs(history, space.k, metric_weights=metric_weights)
         return backtest(
             space,
             usable.X,
@@ -124,4 +131,5 @@ class OfflineMixer(Mixer[ConfigT]):
             plan,
             direction=direction,
             seed=self.config.seed or 0,
+            terms=usable.terms,
         )

@@ -180,7 +180,8 @@ def test_auto_compares_every_registered_regressor(monkeypatch):
     scores = {c.model: c.spearman for c in result.candidates}
     assert scores["mean"] is None  # constant predictions have no rank correlation
     ranked = {name: score for name, score in scores.items() if score is not None}
-    assert result.model == max(ranked, key=ranked.__getitem__)  # the best cross-validated
+    best = max(ranked, key=ranked.__getitem__)  # the best cross-validated, or tied with it
+    assert result.model == best or {best, result.model} <= set(result.tied)
     assert result.cv.spearman == scores[result.model]
 
     only = fit_model(X, y, ids, model="mean", names=space.names, seed=0)
@@ -199,7 +200,8 @@ def test_auto_survives_a_failing_candidate(monkeypatch):
     space = synthetic_space()
     X, y, ids = synthetic_runs(space, 20, seed=1)
     result = fit_model(X, y, ids, names=space.names, seed=0)
-    assert result.model == "linear"
+    scored = {c.model for c in result.candidates if c.spearman is not None}
+    assert result.model in scored and "linear" in scored  # the others were still compared
     assert Candidate("broken", None) in result.candidates
     with pytest.raises(RuntimeError, match="boom"):
         fit_model(X, y, ids, model="broken", names=space.names, seed=0)

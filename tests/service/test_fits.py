@@ -140,10 +140,11 @@ def test_auto_picks_the_best_cross_validated_model_and_ranks_held_out_runs(
     scores = {c["model"]: c["spearman"] for c in report["candidates"]}
     assert set(scores) == set(regressor_names())
     ranked = {m: s for m, s in scores.items() if s is not None}
-    assert report["model"] == max(ranked, key=ranked.__getitem__)
+    best = max(ranked, key=ranked.__getitem__)  # or the simplest of those tied with it
+    assert report["model"] == best or {best, report["model"]} <= set(report["tied"])
     assert report["cv"]["spearman"] >= 0.97  # trees capture what the linear model cannot
-    # The search is bounded in time whatever the model (mixers.recommendation.SEARCH_SECONDS;
-    # the mechanism: tests/mixers/test_fitting.py, the figures: bench/fit_search.py).
+    # The search is sized to SEARCH_SECONDS by candidate counts whatever the model
+    # (mixers.recommendation.search_candidates; tests/mixers/test_reproducible_search.py).
     search = client.get(f"{API}/experiments/{regmix_experiment}/recommendation").json()["search"]
     assert search["candidates"] >= 8192 and search["top_k"] == 100
 

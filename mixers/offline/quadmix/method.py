@@ -191,6 +191,7 @@ class QuadMixMixer(OfflineMixer[QuadMixConfig]):
         plan: BacktestPlan,
         *,
         direction: Direction,
+        metric_weights: Mapping[str, float] | None = None,
     ) -> Backtest:
         raise Conflict(
             "backtest replays mixtures alone; a quadmix experiment's runs also differ by "

@@ -150,3 +150,41 @@ def http() -> Iterator[Callable[..., httpx.Client]]:
     yield make
     for client in made:
         client.close()
+
+
+POSTGRES_IN_THE_FULL_SUITE_ONLY = frozenset(
+    {
+        "tests/test_cli.py",
+        "tests/test_client.py",
+        "tests/test_worker.py",
+        "tests/test_launch.py",
+        "tests/test_demo.py",
+        "tests/e2e/test_secrets_in_logs.py",
+        "tests/service/test_fits.py",
+        "tests/service/test_per_metric_fits.py",
+        "tests/service/test_async_fits.py",
+        "tests/service/test_dashboard.py",
+        "tests/service/test_dashboard_charts.py",
+        "tests/service/test_docs_page.py",
+        "tests/service/test_plugin_methods.py",
+        "tests/service/test_sequential_methods.py",
+        "tests/service/test_auth.py",
+        "tests/service/test_strict_input.py",
+        "tests/service/test_experiment_edit.py",
+        "tests/service/test_runs_retry.py",
+    }
+)
+"""Modules whose behaviour sits above the store (CLI, client, worker, fits, pages): their
+Postgres variants are slow-marked, so the fast tier runs them on SQLite and CI's full suite on
+both. The store, queue, online, ingest, migration, transfer and concurrency tests keep both
+backends in the fast tier: that is where the backends differ."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or callspec.params.get("database_url") != "postgres":
+            continue
+        if item.path.relative_to(root).as_posix() in POSTGRES_IN_THE_FULL_SUITE_ONLY:
+            item.add_marker(pytest.mark.slow)

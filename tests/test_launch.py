@@ -141,6 +141,7 @@ def test_builtin_trainer_completes_with_per_domain_losses_and_stored_points(
         assert "train_loss" in names and "val_loss/web" in names
 
 
+@pytest.mark.slow  # a real 10 s lease expiry; the fast tier has the in-process release tests
 @sqlite_only
 @pytest.mark.usefixtures("real_trainer")
 def test_killed_workers_run_is_finished_by_another_after_its_lease(
@@ -174,6 +175,7 @@ def test_killed_workers_run_is_finished_by_another_after_its_lease(
     assert "val_loss/web" in finished.metrics
 
 
+@pytest.mark.slow  # a subprocess trainer; test_worker's stopping tests release in-process
 @sqlite_only
 @pytest.mark.usefixtures("real_trainer")
 def test_sigterm_releases_the_run(
@@ -226,6 +228,7 @@ def test_launch_local_drains_with_commands(
     assert len(list((tmp_path / "logs").glob("worker-*.log"))) == 2
 
 
+@pytest.mark.slow  # two trainer subprocesses; the fast tier drains with commands
 @sqlite_only
 @pytest.mark.usefixtures("real_trainer")
 def test_launch_local_drains_with_the_builtin_trainer(

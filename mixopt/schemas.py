@@ -35,6 +35,7 @@ __all__ = [
     "Experiment",
     "ExperimentCreate",
     "ExperimentStatus",
+    "ExperimentUpdate",
     "FailRequest",
     "HeartbeatRequest",
     "ImportStatus",
@@ -216,6 +217,17 @@ class RunCounts(_Reply):
     excluded: int = 0
 
 
+class ExperimentUpdate(_Body):
+    """``PATCH /experiments/{id}``: the fields given are changed, the others kept."""
+
+    name: Name | None = None
+    objective: Objective | None = Field(
+        default=None,
+        description="a new objective; fits made on the old one stay listed, but recommend "
+        "and predict answer 409 until the next fit",
+    )
+
+
 class Experiment(_Reply):
     id: str
     name: str
@@ -227,6 +239,10 @@ class Experiment(_Reply):
     status: ExperimentStatus
     created_at: datetime
     counts: RunCounts = Field(default_factory=RunCounts)
+    objective_changed_at: datetime | None = Field(
+        default=None,
+        description="when PATCH last changed the objective; fits started before it are stale",
+    )
 
 
 class MethodInfo(_Reply):
@@ -452,6 +468,17 @@ class Candidate(_Reply):
     spearman: float | None = None
 
 
+class MetricFit(_Reply):
+    """One metric of a per-metric fit: its weight in the objective, its regressor and that
+    regressor's cross-validated scores on the metric alone."""
+
+    metric: str
+    weight: float
+    model: str
+    spearman: float | None = None
+    mae: float | None = None
+
+
 class Noise(_Reply):
     replicate_groups: int = 0
     std: float | None = None
@@ -486,6 +513,18 @@ class FitReport(_Reply):
     importance: dict[str, float] = Field(default_factory=dict)
     noise: Noise = Field(default_factory=Noise)
     oof: list[OutOfFold] = Field(default_factory=list)
+    per_metric: list[MetricFit] = Field(
+        default_factory=list,
+        description="when the objective's metrics were fitted one by one (model per_metric(...)):"
+        " each metric's regressor; empty for a fit of the objective as one number",
+    )
+    tied: list[str] = Field(
+        default_factory=list,
+        description="for auto: the candidates whose cross-validated Spearman is within one"
+        " standard error (paired bootstrap) of the best one's, the chosen model (the first of"
+        " them in the order mixing_law, loglinear, gp, lightgbm, linear) included; empty when"
+        " the best stood alone",
+    )
     status: FitStatus = "completed"
     reason: str | None = Field(default=None, description="why a failed fit failed")
     started_at: datetime | None = None

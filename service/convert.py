@@ -39,6 +39,7 @@ def experiment_out(record: ExperimentRecord) -> schemas.Experiment:
         status=record.status,
         created_at=record.created_at,
         counts=schemas.RunCounts(**record.counts),
+        objective_changed_at=record.objective_changed_at,
     )
 
 
@@ -128,6 +129,8 @@ def fit_report(fit: Fit) -> dict[str, Any]:
         "importance": dict(fit.importance),
         "noise": asdict(fit.noise),
         "oof": [asdict(o) for o in fit.oof],
+        "per_metric": [asdict(m) for m in fit.metric_models],
+        "tied": list(fit.tied),
     }
 
 

@@ -87,6 +87,18 @@ def _checked_import(
     )
 
 
+def _check_current(experiment: ExperimentRecord, fit: FitRecord) -> None:
+    """``Conflict`` for a fit started before the objective was last changed: its model and
+    recommendation are of the old objective, so it is kept as history but not used."""
+    changed = experiment.objective_changed_at
+    started = fit.started_at or fit.fitted_at
+    if changed is not None and started < changed:
+        raise Conflict(
+            f"fit {fit.id} was made on the objective the experiment had before "
+            f"{changed.isoformat()}; POST /experiments/{experiment.id}/fit to fit the current one"
+        )
+
+
 class Operations:
     def __init__(self, store: Store, fits: FitRunner | None = None) -> None:
         self.store = store
@@ -159,6 +171,31 @@ class Operations:
             )
         )
 
+    def update_experiment(
+        self, experiment_id: str, body: schemas.ExperimentUpdate
+    ) -> ExperimentRecord:
+        """``PATCH /experiments/{id}``: a new name and/or objective. The objective is checked
+        as at create (its direction against the method); fits made on the old one stay in the
+        history but no longer recommend or predict (``_current_fit``)."""
+        experiment = self.store.get_experiment(experiment_id, counts=False)
+        objective = None
+        if body.objective is not None:
+            objective = body.objective.model_dump()
+            mixer = (
+                _offline_mixer(experiment)
+                if experiment.mode == "offline"
+                else _online_mixer(experiment)
+            )
+            setup = ExperimentSetup(direction=objective["direction"], find_run=self._run_summary)
+            try:
+                mixer.complete_config(setup)
+            except InvalidInput as exc:
+                # The stored config was completed for the old objective (e.g. its direction).
+                turned = objective["direction"] != experiment.objective["direction"]
+                loc = ("body", "objective", *(("direction",) if turned else ()))
+                raise InvalidInput.at(loc, exc.detail) from None
+        return self.store.update_experiment(experiment_id, name=body.name, objective=objective)
+
     def _run_summary(self, run_id: str) -> RunSummary:
         """What a method may read of another run (e.g. a reference run named in its config)."""
         run = self.store.get_run(run_id)
@@ -197,7 +234,9 @@ class Operations:
         return self.store.add_runs(experiment_id, new_runs, request.request_id)
 
     def history(self, experiment: ExperimentRecord, space: DomainSpace) -> list[Observation]:
-        """Every run with the mixers' view of it (weights as an array, objective value)."""
+        """Every run with the mixers' view of it (weights as an array, objective value, and
+        the values of the objective's metrics, which a fit may model one by one)."""
+        terms = experiment.objective["metrics"]
         return [
             Observation(
                 weights=space.to_array(run.weights),
@@ -208,6 +247,7 @@ class Operations:
                 status=run.status,
                 excluded=run.excluded,
                 run_id=run.id,
+                metrics={name: run.metrics[name] for name in terms if name in run.metrics},
             )
             for run in self.store.iter_runs(experiment.id)
         ]
@@ -276,6 +316,25 @@ class Operations:
         answers = self.store.import_runs(experiment.id, new_runs)
         return [record for record, _ in answers], sum(created for _, created in answers)
 
+    def complete(self, run_id: str, body: schemas.CompleteRequest) -> RunRecord:
+        """``POST /runs/{id}/complete``. An offline run must bring every metric of the
+        objective (422 otherwise): a run completed without them could never be fitted, so the
+        worker fails the attempt instead. Online runs report through feedback; not checked."""
+        run = self.store.get_run(run_id)
+        # A repeated completion, a failed run and a lost lease are the store's to answer.
+        theirs = body.worker is not None and run.worker != body.worker
+        if run.status in ("pending", "running") and not theirs:
+            experiment = self.store.get_experiment(run.experiment_id, counts=False)
+            missing = sorted(set(experiment.objective["metrics"]) - set(body.metrics))
+            if experiment.mode == "offline" and missing:
+                present = ", ".join(sorted(body.metrics)) or "none"
+                raise InvalidInput.at(
+                    ("body", "metrics"),
+                    f"missing the objective's metrics {', '.join(missing)} "
+                    f"(the metrics sent: {present})",
+                )
+        return self.store.complete(run_id, body.metrics, body.worker)
+
     def runs_csv(self, experiment_id: str) -> Iterator[str]:
         """Every run as CSV rows: ``weight/<domain>``, ``metric/<name>``, ``tag/<key>`` columns.
 
@@ -318,7 +377,10 @@ class Operations:
         mixer = _offline_mixer(experiment)
         space = space_of(experiment)
         history = tuple(self.history(experiment, space))
-        usable_runs(history, space.k)  # Conflict with too few, before the fit is stored
+        try:  # Conflict with too few, before the fit is stored
+            usable_runs(history, space.k)
+        except Conflict as exc:
+            raise Conflict(f"{exc.detail}{self._missing_metrics(experiment)}") from None
         record = self.store.start_fit(experiment.id, body.model, self.fits.instance)
         job = FitJob(
             fit_id=record.id,
@@ -327,8 +389,25 @@ class Operations:
             history=history,
             model=body.model,
             direction=experiment.objective["direction"],
+            metric_weights=dict(experiment.objective["metrics"]),
         )
         return record, job
+
+    def _missing_metrics(self, experiment: ExperimentRecord) -> str:
+        """Why completed runs are not usable, when it is the objective's names: the metrics
+        none of them has, and the names they do have ("" when every metric is found)."""
+        present: set[str] = set()
+        for run in self.store.iter_runs(experiment.id):
+            if run.status == "completed" and not run.excluded:
+                present.update(run.metrics)
+        missing = sorted(set(experiment.objective["metrics"]) - present)
+        if not missing:
+            return ""
+        names = ", ".join(sorted(present)[:20]) + (" ..." if len(present) > 20 else "")
+        return (
+            f"; no completed run has the objective's metric {', '.join(missing)} "
+            f"(their metrics: {names or 'none'}; PATCH the objective to rename it)"
+        )
 
     def backtest(self, experiment_id: str, body: schemas.BacktestRequest) -> schemas.BacktestReport:
         """Replay the experiment's usable runs (``mixers.backtest``); CPU-bound, stores nothing."""
@@ -348,6 +427,7 @@ class Operations:
                 self.history(experiment, space),
                 plan,
                 direction=experiment.objective["direction"],
+                metric_weights=experiment.objective["metrics"],
             )
         except InvalidInput as exc:
             raise exc.prefixed("body") from None
@@ -367,14 +447,15 @@ class Operations:
             features = mixer.features(space, weights, [m.params for m in body.mixtures])
         except InvalidInput as exc:
             raise exc.prefixed("body", "mixtures") from None
-        predictions = mixer.predict(self._latest_fit(experiment_id), features)
+        predictions = mixer.predict(self._latest_fit(experiment), features)
         return [schemas.Predicted(value=p.value, low=p.low, high=p.high) for p in predictions]
 
-    def _latest_fit(self, experiment_id: str) -> Fit:
-        latest = self.store.latest_fit(experiment_id)
+    def _latest_fit(self, experiment: ExperimentRecord) -> Fit:
+        latest = self.store.latest_fit(experiment.id)
         if latest is None:
-            raise Conflict(f"experiment {experiment_id} has no fit yet: POST .../fit first")
+            raise Conflict(f"experiment {experiment.id} has no fit yet: POST .../fit first")
         record, stored = latest
+        _check_current(experiment, record)
         if stored is None:
             raise Conflict(
                 f"fit {record.id} has no stored model: its regressor {record.model!r} has no "
@@ -483,6 +564,7 @@ class Operations:
             raise Conflict(f"experiment {experiment_id} has no fit yet: POST .../fit first")
         fit = latest[0]
         assert fit.recommendation is not None
+        _check_current(experiment, fit)
         return schemas.Recommendation.model_validate(
             {**fit.recommendation, "fit_id": fit.id, "model": fit.model, "n_runs": fit.n_runs}
         )

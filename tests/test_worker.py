@@ -105,6 +105,21 @@ def test_missing_metrics_file_fails_the_attempt(client: MixoptClient, store: Sql
     assert run.status == "failed" and "no metrics" in (run.reason or "")
 
 
+def test_metrics_without_the_objectives_fail_the_attempt_with_the_servers_reason(
+    client: MixoptClient, store: SqlStore
+) -> None:
+    eid = experiment(store, 1, max_attempts=2)
+    wrong = command(
+        "import json, os; json.dump({'loss': 3.1}, open(os.environ['MIXOPT_METRICS_FILE'], 'w'))"
+    )
+    stats = Worker(client, eid, wrong, name="w", failure_backoff_seconds=0).run(exit_when_idle=True)
+    assert (stats.completed, stats.failed) == (0, 2)  # each attempt failed, then the run
+    (run,) = store.iter_runs(eid)
+    assert (run.status, run.attempt, run.metrics) == ("failed", 2, {})
+    assert run.reason is not None
+    assert "val_loss/web" in run.reason and "loss" in run.reason.split("sent:")[1]
+
+
 def test_stopping_the_worker_releases_its_run(client: MixoptClient, store: SqlStore) -> None:
     eid = experiment(store, 1)
     worker = Worker(client, eid, command("import time; time.sleep(60)"), name="preempted")

@@ -99,6 +99,41 @@ def experiment_create(
     typer.echo(experiment.id)
 
 
+@experiment_app.command("edit")
+def experiment_edit(
+    experiment_id: Annotated[str, typer.Argument(help="the experiment's id")],
+    name: Annotated[str | None, typer.Option(help="a new name")] = None,
+    objective: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="YAML or JSON file with the new objective ({metrics: {NAME: WEIGHT}, "
+            "direction: minimize}), as in the create file",
+        ),
+    ] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Rename an experiment or change its objective (admin token). Fits made on the old
+    objective stay listed, but recommend and predict need a new fit."""
+    if name is None and objective is None:
+        raise _fail("nothing to edit: pass --name and/or --objective")
+    spec = None
+    if objective is not None:
+        try:
+            spec = _read_spec(objective)
+        except Exception as exc:  # OSError, UnicodeDecodeError, JSON and YAML errors
+            raise _fail(f"cannot read {objective}: {exc}") from None
+        if not isinstance(spec, dict):
+            raise _fail(f"{objective} must hold a mapping (the objective)")
+    with _api(url, token) as client:
+        experiment = client.update_experiment(experiment_id, name=name, objective=spec)
+    terms = " + ".join(f"{w:g}×{m}" for m, w in experiment.objective.metrics.items())
+    direction = experiment.objective.direction
+    _console().print(f"experiment {experiment.id} {experiment.name!r}: {direction} {terms}")
+
+
 @experiment_app.command("list")
 def experiment_list(
     status: Annotated[str | None, typer.Option(help="active or archived (default: both)")] = None,

@@ -323,6 +323,28 @@ class MixoptClient:
             schemas.Experiment, "GET", f"{API_PREFIX}/experiments/{_q(experiment_id)}"
         )
 
+    def update_experiment(
+        self,
+        experiment_id: str,
+        *,
+        name: str | None = None,
+        objective: schemas.Objective | Mapping[str, Any] | None = None,
+    ) -> schemas.Experiment:
+        """``PATCH /experiments/{id}`` (admin): a new name and/or objective (None: kept). Fits
+        made on the old objective no longer recommend or predict until the next fit."""
+        spec: dict[str, Any] = {"name": name}
+        if objective is not None:
+            spec["objective"] = (
+                objective.model_dump() if isinstance(objective, schemas.Objective) else objective
+            )
+        body = _build(schemas.ExperimentUpdate, spec)
+        return self._model(
+            schemas.Experiment,
+            "PATCH",
+            f"{API_PREFIX}/experiments/{_q(experiment_id)}",
+            json=body.model_dump(exclude_none=True),
+        )
+
     def archive_experiment(self, experiment_id: str) -> schemas.Experiment:
         """``POST /experiments/{id}/archive`` (admin); archived experiments refuse new runs."""
         return self._model(

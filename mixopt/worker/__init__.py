@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 
 from mixopt import schemas
-from mixopt.client import ConflictError, MixoptAPIError, MixoptClient
+from mixopt.client import ConflictError, MixoptAPIError, MixoptClient, ValidationError
 from mixopt.worker.command import CommandTrainer
 from mixopt.worker.run import RunContext, RunOutcome, RunTrainer
 
@@ -262,13 +262,21 @@ class Worker:
         if lease_lost:
             return  # another worker holds the run now: nothing of ours to report
         try:
-            if outcome.metrics is not None:
-                self.client.complete(run.id, outcome.metrics, worker=self.name)
-                self.stats.completed += 1
-                if outcome.after_complete is not None:
-                    outcome.after_complete()
-                log.info("run %s completed: %s", run.id, dict(outcome.metrics))
-            elif outcome.failure is not None:
+            metrics = outcome.metrics
+            if metrics is not None:
+                try:
+                    self.client.complete(run.id, metrics, worker=self.name)
+                except ValidationError as exc:
+                    # Refused (e.g. an objective metric is missing): that attempt failed, with
+                    # the server's reason on the run, and is retried or failed as any other.
+                    outcome = RunOutcome.failed(f"the run could not complete: {exc.detail}")
+                else:
+                    self.stats.completed += 1
+                    if outcome.after_complete is not None:
+                        outcome.after_complete()
+                    log.info("run %s completed: %s", run.id, dict(metrics))
+                    return
+            if outcome.failure is not None:
                 self.client.fail(run.id, outcome.failure[-4000:], worker=self.name)
                 self.stats.failed += 1
                 self._last_failure = (

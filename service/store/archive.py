@@ -63,6 +63,7 @@ class ArchivedExperiment(_Part):
     created_at: Time
     updated_at: Time
     archived_at: Time | None = None
+    objective_changed_at: Time | None = None
 
 
 class ArchivedVersion(_Part):

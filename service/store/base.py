@@ -71,6 +71,8 @@ class ExperimentRecord:
     updated_at: datetime
     archived_at: datetime | None
     counts: dict[str, int]
+    objective_changed_at: datetime | None = None
+    """When the objective was last edited (None: never): fits started before it are stale."""
 
     @property
     def max_attempts(self) -> int:
@@ -298,6 +300,18 @@ class Store(ABC):
     @abstractmethod
     def archive_experiment(self, experiment_id: str) -> ExperimentRecord:
         """Idempotent."""
+
+    @abstractmethod
+    def update_experiment(
+        self,
+        experiment_id: str,
+        *,
+        name: str | None = None,
+        objective: Mapping[str, Any] | None = None,
+    ) -> ExperimentRecord:
+        """Rename and/or change the objective (None: kept). A changed objective stamps
+        ``objective_changed_at``; the same objective again changes nothing. ``Conflict`` for
+        a name another active experiment has."""
 
     @abstractmethod
     def last_activity(self, experiment_ids: Sequence[str]) -> dict[str, datetime]:

@@ -92,6 +92,8 @@ class ExperimentRow(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     archived_at: Mapped[datetime | None]
+    # When PATCH last changed the objective: fits started before it are on another one.
+    objective_changed_at: Mapped[datetime | None]
     # The archive an imported experiment came from (its ``origin``) and a digest of the
     # archive's content: importing the same archive again finds this experiment.
     imported_from: Mapped[str | None] = mapped_column(String(64), unique=True)

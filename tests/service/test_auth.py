@@ -39,8 +39,8 @@ HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
 def required_scope(method: str, path: str) -> str | None:
     """The scope the contract requires for ``method path`` (None: public).
 
-    read: every GET and POST /experiments/{id}/predict. admin: create and archive experiments,
-    manage tokens. write: everything else.
+    read: every GET and POST /experiments/{id}/predict. admin: create, edit and archive
+    experiments, manage tokens. write: everything else.
     """
     if path in PUBLIC_PATHS:
         return None
@@ -62,6 +62,8 @@ def required_scope(method: str, path: str) -> str | None:
         return "admin"
     if method == "POST" and re.fullmatch(r"/experiments/\{[^/]+\}/archive", relative):
         return "admin"
+    if method == "PATCH" and re.fullmatch(r"/experiments/\{[^/]+\}", relative):
+        return "admin"  # renaming or changing the objective (issue 16), as creating it
     return "write"
 
 

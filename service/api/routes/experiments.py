@@ -81,6 +81,15 @@ def get_experiment(experiment_id: str, store: StoreDep) -> schemas.Experiment:
     return experiment_out(store.get_experiment(experiment_id))
 
 
+@router.patch("/experiments/{experiment_id}", dependencies=[AdminDep])
+def update_experiment(
+    experiment_id: str, body: schemas.ExperimentUpdate, ops: OpsDep
+) -> schemas.Experiment:
+    """Rename the experiment or change its objective (checked as at create). Fits made on
+    the old objective stay listed; recommend and predict answer 409 until the next fit."""
+    return experiment_out(ops.update_experiment(experiment_id, body))
+
+
 @router.post("/experiments/{experiment_id}/archive", dependencies=[AdminDep])
 def archive_experiment(experiment_id: str, store: StoreDep) -> schemas.Experiment:
     return experiment_out(store.archive_experiment(experiment_id))

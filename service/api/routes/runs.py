@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mixopt import schemas
 from service.api.body import json_body, openapi_body
-from service.api.deps import AuthenticatedRoute, ReadDep, StoreDep, WriteDep
+from service.api.deps import AuthenticatedRoute, OpsDep, ReadDep, StoreDep, WriteDep
 from service.convert import point_out, run_out
 from service.problems import PROBLEM_RESPONSES
 
@@ -41,6 +41,11 @@ async def append_metrics(run_id: str, request: Request, store: StoreDep) -> Resp
     body = await json_body(request, schemas.MetricsBatch)
     points = [(p.name, p.step, p.value) for p in body.points]
     accepted, new = await run_in_threadpool(store.append_metrics, run_id, points)
+    return metrics_accepted(accepted, new)
+
+
+def metrics_accepted(accepted: int, new: int) -> Response:
+    """The 202 answer of an append (also sent by ``service.api.hot_paths``)."""
     return Response(
         schemas.MetricsAccepted(accepted=accepted, new=new).model_dump_json(),
         status_code=status.HTTP_202_ACCEPTED,
@@ -61,8 +66,9 @@ def list_metrics(
 
 
 @router.post("/{run_id}/complete", dependencies=[WriteDep])
-def complete(run_id: str, body: schemas.CompleteRequest, store: StoreDep) -> schemas.Run:
-    return run_out(store.complete(run_id, body.metrics, body.worker))
+def complete(run_id: str, body: schemas.CompleteRequest, ops: OpsDep) -> schemas.Run:
+    """Offline runs must bring every metric of the objective (422 names the missing ones)."""
+    return run_out(ops.complete(run_id, body))
 
 
 @router.post("/{run_id}/fail", dependencies=[WriteDep])

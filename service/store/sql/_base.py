@@ -209,6 +209,7 @@ class SqlStoreBase(Store):
             updated_at=row.updated_at,
             archived_at=row.archived_at,
             counts=counts,
+            objective_changed_at=row.objective_changed_at,
         )
 
     def _load_experiment(

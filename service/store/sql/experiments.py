@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -91,6 +92,34 @@ class ExperimentStore(SqlStoreBase):
             )
             row = self._load_experiment(conn, eid)
             return self._experiment(row, self._counts(conn, [eid])[eid])
+
+    def update_experiment(
+        self,
+        experiment_id: str,
+        *,
+        name: str | None = None,
+        objective: Mapping[str, Any] | None = None,
+    ) -> ExperimentRecord:
+        eid = _parse_id(experiment_id, "experiment")
+        now = self._clock()
+        try:
+            with self._write() as conn:
+                row = self._load_experiment(conn, eid, lock=True)
+                values: dict[str, Any] = {}
+                if name is not None and name != row.name:
+                    values["name"] = name
+                if objective is not None and dict(objective) != row.objective:
+                    values.update(objective=dict(objective), objective_changed_at=now)
+                if values:
+                    conn.execute(
+                        update(ExperimentRow)
+                        .where(ExperimentRow.id == eid)
+                        .values(**values, updated_at=now)
+                    )
+                    row = self._load_experiment(conn, eid)
+                return self._experiment(row, self._counts(conn, [eid])[eid])
+        except IntegrityError as exc:
+            raise Conflict(f"an active experiment is already named {name!r}") from exc
 
     def last_activity(self, experiment_ids: Sequence[str]) -> dict[str, datetime]:
         ids = sorted({int(i) for i in experiment_ids if i.isdigit() and 1 <= int(i) <= _MAX_ID})

@@ -5,6 +5,13 @@ One row per run: the fixed columns, then ``weight/<domain>`` in the experiment's
 ``metric/<name>``, ``tag/<key>`` (both sorted) and, when any run has some, ``params`` as JSON.
 The prefixes cannot clash with names: a column's kind is what stands before its first slash.
 
+A metric whose name starts with ``metric/`` already (RegMix's files name them so, and a table
+import keeps the names as they are) is written under its own name, not ``metric/metric/...``
+(unless the name without the prefix is a metric too). Reading such a column back, the name is
+taken in full when the experiment's objective names its metrics in full (``metric/...``), and
+without the prefix otherwise: exporting and importing into a like experiment gives the same
+file. A non-empty ``external_id`` cell is kept as the run's external id (its lineage).
+
 The reader also takes other tables: a weights table with one column per domain (the prefix found
 from the domain names), optionally joined with a metrics table, such as RegMix's files. Its
 errors name the ``mixopt runs import`` options that get around them.
@@ -20,7 +27,7 @@ import io
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -86,12 +93,13 @@ def write_runs(domains: Sequence[str], runs: Sequence[CsvRun]) -> Iterator[str]:
 
     Floats are written with ``repr``, which reads back to the same float."""
     metric_names = sorted({name for run in runs for name in run.metrics})
+    metric_columns = [_metric_column(name, metric_names) for name in metric_names]
     tag_keys = sorted({key for run in runs for key in run.tags})
     has_params = any(run.params for run in runs)
     header = [
         *FIXED_COLUMNS,
         *(f"{WEIGHT_PREFIX}{d}" for d in domains),
-        *(f"{METRIC_PREFIX}{m}" for m in metric_names),
+        *metric_columns,
         *(f"{TAG_PREFIX}{k}" for k in tag_keys),
         *([PARAMS_COLUMN] if has_params else []),
     ]
@@ -125,6 +133,30 @@ def write_runs(domains: Sequence[str], runs: Sequence[CsvRun]) -> Iterator[str]:
             ]
         )
         yield flush()
+
+
+def _metric_column(name: str, names: Sequence[str]) -> str:
+    """The column of metric ``name``: ``metric/<name>``, or the name itself when it carries the
+    prefix once already and the name without it is not a metric too (their columns would clash).
+    ``_metric_name`` reads it back."""
+    rest = name.removeprefix(METRIC_PREFIX)
+    if rest != name and not rest.startswith(METRIC_PREFIX) and rest not in names:
+        return name
+    return METRIC_PREFIX + name
+
+
+def _metric_name(column: str, columns: Collection[str], objective: Collection[str]) -> str:
+    """The metric a runs.csv column ``metric/<rest>`` holds (``_metric_column`` wrote it).
+
+    ``metric/metric/...`` is a name that carries the prefix (written twice so as not to clash,
+    or by an older export). Otherwise ``rest`` is the name, unless the objective names it with
+    the prefix or names its metrics with it (the experiment was imported from such files)."""
+    rest = column.removeprefix(METRIC_PREFIX)
+    if rest.startswith(METRIC_PREFIX) or METRIC_PREFIX + column in columns or rest in objective:
+        return rest
+    if column in objective or any(name.startswith(METRIC_PREFIX) for name in objective):
+        return column
+    return rest
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -218,9 +250,18 @@ def _weight_prefix(columns: Sequence[str], domains: Sequence[str], given: str | 
     if len(found) == 1:
         return found[0]
     if not found:
+        if not candidates:
+            raise TableError(
+                f"cannot find a column for any of the experiment's {len(domains)} domains "
+                f"(such as {domains[0]!r}); name the columns <prefix><domain> "
+                "and pass --weight-prefix"
+            )
+        # The prefix naming the most domains is the file's; name the domains it lacks.
+        closest = max(sorted(candidates), key=lambda p: sum(p + d in present for d in domains))
+        missing = [closest + d for d in domains if closest + d not in present]
         raise TableError(
-            f"cannot find a column for each of the experiment's {len(domains)} domains "
-            f"({', '.join(domains)}); name the columns <prefix><domain> and pass --weight-prefix"
+            f"cannot find a column for {len(missing)} of the experiment's {len(domains)} "
+            f"domains: no column {', '.join(map(repr, missing))}"
         )
     raise TableError(
         f"the weight columns are ambiguous (prefixes {', '.join(map(repr, found))}); "
@@ -269,9 +310,13 @@ def plan_import(
     metric_prefix: str | None = None,
     external_id_column: str | None = None,
     tags: Mapping[str, str] | None = None,
+    objective_metrics: Collection[str] = (),
 ) -> ImportPlan:
     """Read a ``runs.csv`` exported by the service, or a weights table (optionally joined with
-    a metrics table on ``join``), into runs for an experiment over ``domains``."""
+    a metrics table on ``join``), into runs for an experiment over ``domains``.
+
+    ``objective_metrics`` (the experiment's objective) decides how a runs.csv's ``metric/``
+    columns are named back (``_metric_name``); a table's metrics are named as its columns."""
     header, rows = read_table(path)
     stem = path.stem
     extra_tags = dict(tags or {})
@@ -281,11 +326,13 @@ def plan_import(
             raise TableError(f"{path} is a runs.csv export; it holds its metrics already")
         id_column = external_id_column or "run_id"
         key_columns = {id_column} | (set(FIXED_COLUMNS) | {PARAMS_COLUMN}) & set(header)
+        as_exported = metric_prefix is None  # metric/<name> as the service writes it
         metric_prefix = METRIC_PREFIX if metric_prefix is None else metric_prefix
         weight_prefix = WEIGHT_PREFIX if weight_prefix is None else weight_prefix
     else:
         id_column = external_id_column or (join if join in header else "")
         key_columns = {join, id_column} & set(header)
+        as_exported = False
     if external_id_column is not None and external_id_column not in header:
         raise TableError(f"{path} has no column {external_id_column!r}")
 
@@ -312,6 +359,8 @@ def plan_import(
                 ignored.append(f"{where}:{column}")
                 continue
             name = column[len(metric_prefix or "") :]
+            if as_exported:
+                name = _metric_name(column, header, objective_metrics)
             if name in metric_columns.values() or name in taken.values():
                 raise TableError(f"metric {name!r} appears in both files")
             taken[column] = name
@@ -349,6 +398,7 @@ def plan_import(
         ignored_columns=ignored,
     )
     names_of = {**metric_columns, **joined_metrics}
+    keeps_lineage = is_runs_csv and external_id_column is None
     seen: dict[str, str] = {}
     for number, row in enumerate(rows, start=1):
         key = row[id_column].strip() if id_column else str(number)
@@ -356,11 +406,14 @@ def plan_import(
         try:
             if not key:
                 raise ValueError(f"empty {id_column}")
-            external_id = f"{stem}:{key}"
+            # An exported run's lineage is kept; a run without one is named after this file.
+            lineage = row.get("external_id", "").strip() if keeps_lineage else ""
+            external_id = lineage or f"{stem}:{key}"
             if len(external_id) > 256:
                 raise ValueError("the external id (file stem:key) is over 256 characters")
             if external_id in seen:
-                raise ValueError(f"the same {id_column or 'key'} as {seen[external_id]}")
+                same = "external_id" if lineage else id_column or "key"
+                raise ValueError(f"the same {same} as {seen[external_id]}")
             seen[external_id] = label
             weights, renormalised = _weights_of(row, prefix, domains)
             cells = [(column, row[column]) for column in metric_columns]

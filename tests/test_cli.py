@@ -284,6 +284,113 @@ def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
     return path
 
 
+def export_rows(text: str) -> list[dict[str, str]]:
+    """An export's rows without run_id and created_at, which each experiment's runs have of
+    their own."""
+    return [
+        {k: v for k, v in row.items() if k not in ("run_id", "created_at")}
+        for row in csv.DictReader(text.splitlines())
+    ]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_export_of_imported_regmix_runs_imports_into_a_fresh_experiment_as_the_same_file(
+    mixopt_cli: Invoke, api: MixoptClient, tmp_path: Path
+) -> None:
+    # The first 40 runs of the RegMix files, under their own names (the stem makes the lineage).
+    for source_file in (WEIGHTS_FILE, LOSSES_FILE):
+        lines = source_file.read_text().splitlines(keepends=True)
+        (tmp_path / source_file.name).write_text("".join(lines[:41]))
+    weights, losses = tmp_path / WEIGHTS_FILE.name, tmp_path / LOSSES_FILE.name
+    domains = regmix_domains()
+    objective = "metric/the_pile_pile_cc_val_loss"
+    source = create(api, tmp_path, mixopt_cli, experiment_spec("source", domains, objective))
+    args = ["--metrics-file", str(losses), "--tag", "size=1M"]
+    mixopt_cli("runs", "import", source, str(weights), *args)
+    api.exclude(next(api.iter_runs(source)).id, reason="bad node")
+    first = tmp_path / "runs.csv"
+    mixopt_cli("runs", "export", source, "-o", str(first))
+    header = first.read_text().splitlines()[0]
+    assert "metric/metric/" not in header
+    assert "metric/the_pile_pile_cc_val_loss" in header.split(",")
+
+    fresh = create(api, tmp_path, mixopt_cli, experiment_spec("copy", domains, objective))
+    copied = mixopt_cli("runs", "import", fresh, str(first))
+    assert "40 new, 0 already present" in copied.stdout
+    assert "warning" not in copied.stderr
+    originals = list(api.iter_runs(source))
+    copies = list(api.iter_runs(fresh))
+    assert [r.external_id for r in copies] == [f"train_mixture_1m:{i}" for i in range(1, 41)]
+    assert [r.external_id for r in copies] == [r.external_id for r in originals]
+    assert [r.metrics for r in copies] == [r.metrics for r in originals]
+    assert {r.id for r in copies}.isdisjoint(r.id for r in originals)
+    second = mixopt_cli("runs", "export", fresh).stdout
+    assert export_rows(second) == export_rows(first.read_text())
+    assert second.splitlines()[0] == header
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_import_warns_when_the_runs_lack_the_objectives_metric_and_says_how_to_fix_it(
+    mixopt_cli: Invoke, api: MixoptClient, tmp_path: Path
+) -> None:
+    domains = regmix_domains()
+    spec = experiment_spec("unprefixed", domains, "the_pile_pile_cc_val_loss")
+    eid = create(api, tmp_path, mixopt_cli, spec)
+    args = ["runs", "import", eid, str(WEIGHTS_FILE), "--metrics-file", str(LOSSES_FILE)]
+    imported = mixopt_cli(*args)
+    assert "512 new" in imported.stdout
+    warning = " ".join(imported.stderr.split())  # as one line, however the console wraps it
+    assert (
+        "warning: no imported run has the objective's metric the_pile_pile_cc_val_loss, "
+        "so a fit cannot use them; the file's metrics are "
+        "metric/the_pile_arxiv_val_loss, metric/the_pile_dm_mathematics_val_loss, "
+        "metric/the_pile_freelaw_val_loss, metric/the_pile_github_val_loss, "
+        "metric/the_pile_gutenberg_pg_19_val_loss and 8 more"
+    ) in warning
+    assert (
+        "it has 'metric/the_pile_pile_cc_val_loss': name the objective's metric so "
+        f"(mixopt experiment edit {eid} --objective FILE), "
+        "or import into a new experiment with --metric-prefix metric/"
+    ) in warning
+    refused = mixopt_cli("fit", eid, "--model", "linear", expect=1)
+    assert "the_pile_pile_cc_val_loss" in refused.stderr
+
+    # The fix it names: the objective renamed, the same import finds its metric.
+    objective = tmp_path / "objective.json"
+    objective.write_text(json.dumps({"metrics": {"metric/the_pile_pile_cc_val_loss": 1.0}}))
+    mixopt_cli("experiment", "edit", eid, "--objective", str(objective))
+    again = mixopt_cli(*args)
+    assert "0 new, 512 already present" in again.stdout
+    assert "warning" not in again.stderr
+
+    # The other way round: the objective in full, the file's names stripped of the prefix.
+    prefixed = create(
+        api,
+        tmp_path,
+        mixopt_cli,
+        experiment_spec("prefixed", domains, "metric/the_pile_pile_cc_val_loss"),
+    )
+    stripped = mixopt_cli(
+        "runs",
+        "import",
+        prefixed,
+        str(WEIGHTS_FILE),
+        "--metrics-file",
+        str(LOSSES_FILE),
+        "--metric-prefix",
+        "metric/",
+    )
+    assert (
+        "it has 'the_pile_pile_cc_val_loss': name the objective's metric so "
+        f"(mixopt experiment edit {prefixed} --objective FILE), "
+        "or import into a new experiment without --metric-prefix metric/"
+    ) in " ".join(stripped.stderr.split())
+
+    # Runs without metrics (to be trained) bring no warning.
+    pending = write_csv(tmp_path / "todo.csv", domains, [[1] + [0] * (len(domains) - 1)])
+    assert "warning" not in mixopt_cli("runs", "import", eid, str(pending)).stderr
+
+
 def test_import_renormalises_rows_within_one_percent_and_refuses_the_others(
     mixopt_cli: Invoke, api: MixoptClient, tmp_path: Path
 ) -> None:

@@ -25,7 +25,7 @@ from mixopt.cli._common import (
     _print_fitted,
     _print_json,
 )
-from mixopt.runs_csv import ImportRow, TableError, plan_import
+from mixopt.runs_csv import METRIC_PREFIX, ImportPlan, ImportRow, TableError, plan_import
 from mixopt.schemas import DEFAULT_URL, MAX_RUN_BATCH, NAME_PATTERN, RunStatus
 
 if TYPE_CHECKING:
@@ -64,6 +64,38 @@ def _parse_tags(pairs: Sequence[str]) -> dict[str, str]:
     return tags
 
 
+LISTED_METRICS = 5
+"""The imported metric names a warning lists (of the RegMix files' 13, say)."""
+
+
+def _absent_objective_metrics(experiment_id: str, objective: list[str], plan: ImportPlan) -> str:
+    """A warning when the file has metrics but not the objective's (a fit would find no usable
+    run): the names it has, and the fix when a name differs only by a ``metric/`` prefix."""
+    names = set(plan.metric_names)
+    missing = [name for name in objective if name not in names]
+    if not names or not missing:
+        return ""
+    shown = ", ".join(plan.metric_names[:LISTED_METRICS])
+    more = len(names) - LISTED_METRICS
+    lines = [
+        f"warning: no imported run has the objective's metric{'s' * (len(missing) > 1)} "
+        f"{', '.join(missing)}, so a fit cannot use them; the file's metrics are {shown}"
+        + (f" and {more} more" if more > 0 else "")
+    ]
+    for name in missing:
+        variants = [METRIC_PREFIX + name, name.removeprefix(METRIC_PREFIX)]
+        variant = next((v for v in variants if v != name and v in names), None)
+        if variant is None:
+            continue
+        how = "with" if variant.startswith(METRIC_PREFIX) else "without"
+        lines.append(
+            f"  it has {variant!r}: name the objective's metric so (mixopt experiment edit "
+            f"{experiment_id} --objective FILE), or import into a new experiment "
+            f"{how} --metric-prefix {METRIC_PREFIX}"
+        )
+    return "\n".join(lines)
+
+
 @runs_app.command("import")
 def runs_import(
     experiment_id: Annotated[str, typer.Argument(help="the experiment to import into")],
@@ -100,8 +132,9 @@ def runs_import(
     external_id_column: Annotated[
         str | None,
         typer.Option(
-            help="column identifying each row (default: run_id for runs.csv, else the --join "
-            "column, else the row number); prefixed with the file name's stem",
+            help="column identifying each row, prefixed with the file name's stem (default: "
+            "for runs.csv its external_id, as it is, or else its run_id; else the --join "
+            "column, else the row number)",
             show_default=False,
         ),
     ] = None,
@@ -123,9 +156,11 @@ def runs_import(
     """Import trained (or to-be-trained) runs from CSV files, idempotently.
 
     Rows whose weights sum to within 1 % of 1 are renormalised; rows further off are refused.
-    Each run's external_id is FILE's stem and the row's key, so importing the same file again
-    changes nothing. Runs go in batches of 1,000 (one request each, all or nothing); a batch
-    with a refused row is sent again row by row, so that the other rows still go in.
+    Each run's external_id is FILE's stem and the row's key (a runs.csv's own external_id when
+    it has one), so importing the same file again changes nothing. Runs go in batches of 1,000
+    (one request each, all or nothing); a batch with a refused row is sent again row by row, so
+    that the other rows still go in. A warning follows when the runs have metrics but lack one of
+    the objective's.
     """
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -159,6 +194,7 @@ def runs_import(
                 metric_prefix=metric_prefix,
                 external_id_column=external_id_column,
                 tags=extra_tags,
+                objective_metrics=list(experiment.objective.metrics),
             )
         except TableError as exc:
             raise _fail(str(exc)) from None
@@ -275,6 +311,9 @@ def runs_import(
         f"{created} new, {present} already present"
         + (f", {len(plan.invalid)} rows skipped" if plan.invalid else "")
     )
+    warning = _absent_objective_metrics(experiment_id, list(experiment.objective.metrics), plan)
+    if warning:
+        err.print(warning, markup=False, highlight=False)
     if failures:
         table = Table(title=f"{len(failures)} rows not imported")
         table.add_column("row", overflow="fold")

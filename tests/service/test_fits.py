@@ -176,6 +176,37 @@ def test_fit_needs_eight_usable_runs(client: TestClient, experiment: dict[str, A
     assert response.status_code == 409 and "fewer than 8" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_too_few_usable_runs_names_the_objective_metrics_no_run_has(
+    client: TestClient, experiment: dict[str, Any], store: SqlStore
+) -> None:
+    eid = experiment["id"]  # the objective: val_loss/web
+    mixtures = [{"web": w, "code": 1 - w, "papers": 0.0} for w in np.linspace(0.1, 0.9, 9)]
+    runs = [
+        NewRun(w, metrics={"metric/val_loss/web": 3.0, "acc": 0.5}, status="completed")
+        for w in mixtures
+    ]
+    # A failed run's and an excluded run's metrics are not what a fit would read.
+    runs += [NewRun(mixtures[0], metrics={"val_loss/web": 3.0}, status="failed")]
+    store.add_runs(eid, runs)
+    response = client.post(f"{API}/experiments/{eid}/fit", json={"model": "linear"})
+    assert response.status_code == 409, response.text
+    assert response.json()["detail"] == (
+        "fewer than 8 usable runs (completed, not excluded, with every objective metric): 0; "
+        "no completed run has the objective's metric val_loss/web "
+        "(their metrics: acc, metric/val_loss/web; PATCH the objective to rename it)"
+    )
+    # The metric present, but on too few runs: the count alone.
+    store.add_runs(
+        eid, [NewRun(w, metrics={"val_loss/web": 3.0}, status="completed") for w in mixtures[:3]]
+    )
+    fewer = client.post(f"{API}/experiments/{eid}/fit", json={"model": "linear"})
+    assert fewer.status_code == 409
+    assert fewer.json()["detail"] == (
+        "fewer than 8 usable runs (completed, not excluded, with every objective metric): 3"
+    )
+
+
 def test_bad_fit_and_predict_bodies_are_422(client: TestClient, regmix_experiment: str) -> None:
     unknown = client.post(f"{API}/experiments/{regmix_experiment}/fit", json={"model": "magic"})
     assert unknown.status_code == 422

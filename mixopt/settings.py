@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(
         default=20,
         ge=1,
-        description="database connections kept open per server process (up to twice as many "
-        "more while busy, each closed after use): mind the server's max_connections",
+        description="Postgres connections per server process, at most (a busy request waits "
+        "for one, then answers 503): processes x this must stay under the server's "
+        "max_connections",
     )
     auth_free_failures: int = Field(
         default=20,

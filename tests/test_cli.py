@@ -623,6 +623,36 @@ def test_fit_and_recommend_print_tables(scripted: list[httpx.Request]) -> None:
     assert json.loads(fitted_json.stdout)["cv"]["spearman"] == 0.97
 
 
+def test_fit_shows_the_tied_candidates_and_each_metric_of_a_per_metric_fit(
+    scripted: list[httpx.Request], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    per_metric_fit = {
+        "model": "per_metric(gp)",
+        "candidates": [
+            {"model": "gp", "spearman": 0.95},
+            {"model": "per_metric(gp)", "spearman": 0.96},
+            {"model": "linear", "spearman": 0.5},
+        ],
+        "tied": ["per_metric(gp)", "gp"],
+        "per_metric": [
+            {"metric": "val_loss/web", "weight": 0.5, "model": "gp", "spearman": 0.9, "mae": 0.01},
+            {"metric": "val_loss/code", "weight": 0.5, "model": "lightgbm", "spearman": 0.8},
+        ],
+    }
+    for key, value in per_metric_fit.items():
+        monkeypatch.setitem(FIT, key, value)  # what the scripted server answers
+    fitted = CliRunner().invoke(app, ["fit", "1", "--token", "t"], env={"COLUMNS": "80"})
+    assert fitted.exit_code == 0, fitted.output
+    rows = {line.split("│")[1].strip(): line for line in fitted.stdout.splitlines() if "│" in line}
+    assert "tied" in rows["per_metric(gp) *"] and "tied" in rows["gp"]
+    assert "tied" not in rows["linear"]
+    assert "metrics fitted one by one" in fitted.stdout
+    assert [c.strip() for c in rows["val_loss/code"].split("│")[1:6]] == [
+        "val_loss/code", "0.5000", "lightgbm", "0.8000", "-",
+    ]  # fmt: skip
+    assert "0.0100" in rows["val_loss/web"]
+
+
 @pytest.fixture
 def running_fit(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """A server whose fits answer 202 running, then poll running once before ``final``."""

@@ -81,12 +81,29 @@ def _print_report(report: schemas.FitReport, top: int) -> None:
         candidates = Table(title="models compared")
         candidates.add_column("model")
         candidates.add_column("spearman", justify="right")
+        # Within one standard error of the best: auto took the simplest of them.
+        candidates.add_column("", justify="left")
         for candidate in sorted(
             report.candidates, key=lambda c: -(c.spearman if c.spearman is not None else -2)
         ):
             marker = " *" if candidate.model == report.model else ""
-            candidates.add_row(candidate.model + marker, _number(candidate.spearman))
+            tied = "tied" if candidate.model in report.tied else ""
+            candidates.add_row(candidate.model + marker, _number(candidate.spearman), tied)
         out.print(candidates)
+    if report.per_metric:
+        per_metric = Table(title="metrics fitted one by one")
+        per_metric.add_column("metric")
+        for name in ("weight", "model", "spearman", "mae"):
+            per_metric.add_column(name, justify="left" if name == "model" else "right")
+        for metric in report.per_metric:
+            per_metric.add_row(
+                metric.metric,
+                _number(metric.weight),
+                metric.model,
+                _number(metric.spearman),
+                _number(metric.mae),
+            )
+        out.print(per_metric)
     if report.importance:
         importance = Table(title="domain importance")
         importance.add_column("domain")

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
         description="worker processes that run fits, off the server process (a fit is "
         "CPU-bound for seconds to minutes); 0 runs fits in the server's threads",
     )
+    fit_niceness: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="how much lower the fit workers' CPU priority is than the server's (Unix "
+        "nice increment), so that fits take the CPU the requests leave; 0 keeps it equal",
+    )
     db_pool_size: int = Field(
         default=20,
         ge=1,

@@ -89,9 +89,13 @@ def compute_fit(job: FitJob, stage: Callable[[str], None]) -> NewFit:
 _progress: Any = None  # the pool's SimpleQueue of (fit id, stage), set by _init_worker
 
 
-def _init_worker(progress: Any) -> None:
+def _init_worker(progress: Any, niceness: int) -> None:
     # Ctrl-C on the server's terminal reaches the workers too: the server shuts them down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A fit is background work: on a machine with few cores the scheduler should run the
+    # server's requests (weights polls, claims) first and give the fit what is left.
+    if niceness and hasattr(os, "nice"):
+        os.nice(niceness)
     global _progress
     _progress = progress
 
@@ -139,9 +143,11 @@ class FitRunner:
         *,
         heartbeat_seconds: float = 5.0,
         stale_seconds: float = 60.0,
+        niceness: int = 10,
     ) -> None:
         self.store = store
         self.workers = workers
+        self.niceness = niceness
         self.heartbeat_seconds = heartbeat_seconds
         self.stale_seconds = stale_seconds
         self.instance = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(6)}"
@@ -183,7 +189,7 @@ class FitRunner:
             max_workers=self.workers,
             mp_context=context,
             initializer=_init_worker,
-            initargs=(self._progress,),
+            initargs=(self._progress, self.niceness),
         )
         self._drain = threading.Thread(
             target=self._drain_stages, args=(self._progress,), name="fit-progress", daemon=True

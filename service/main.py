@@ -70,7 +70,7 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = store
-    fits = FitRunner(store, settings.fit_workers)
+    fits = FitRunner(store, settings.fit_workers, niceness=settings.fit_niceness)
     app.state.ops = Operations(store, fits)
     app.state.request_metrics = RequestMetrics()
     app.state.auth = Authenticator(

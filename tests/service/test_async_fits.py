@@ -3,6 +3,8 @@ fits never serve reads; a fit whose server died is failed, another replica's liv
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from typing import Any
 
@@ -10,7 +12,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from mixopt.settings import Settings
-from service.fit_runner import RESTART_REASON
+from service.fit_runner import RESTART_REASON, FitRunner
 from service.main import create_app
 from service.store import NewRun, SqlStore
 from tests.conftest import Clock, Tokens
@@ -144,3 +146,17 @@ def test_fits_of_a_server_that_died_are_failed_at_startup_and_a_live_replicas_ar
     assert store.get_fit(own.id).status == "failed"
     assert store.get_fit(own.id).reason == RESTART_REASON
     assert store.get_fit(live.id).status == "running"
+
+
+def test_fit_workers_run_at_a_lower_cpu_priority_than_the_server(store: SqlStore) -> None:
+    # On a machine with few cores a fit must leave the CPU to the requests (weights polls).
+    async def worker_niceness() -> int:
+        runner = FitRunner(store, workers=1, niceness=7)
+        await runner.start()
+        try:
+            assert runner._executor is not None
+            return int(await asyncio.wrap_future(runner._executor.submit(os.nice, 0)))
+        finally:
+            await runner.stop()
+
+    assert asyncio.run(worker_niceness()) == min(os.nice(0) + 7, 19)

@@ -20,6 +20,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from mixopt.settings import Settings
 from service.main import _sweep_leases, create_app
 from service.store import SqlStore, schema
+from service.store.sql import _base as base
 from service.store.sql import make_engine
 from service.store.unavailable import database_unavailable
 from tests.servers import free_port
@@ -208,3 +209,39 @@ def test_the_openapi_document_lists_503_on_api_calls(unreachable: SqlStore) -> N
     document = create_app(Settings(no_auth=True), unreachable).openapi()
     answers = document["paths"][f"{API}/experiments/{{experiment_id}}"]["get"]["responses"]
     assert "503" in answers
+
+
+def _terminate_backends(url: str) -> None:
+    """Kill every other session on ``url``'s database, as a server restart would."""
+    admin = make_engine(url)
+    with admin.connect() as conn:
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    admin.dispose()
+
+
+def test_a_pooled_connection_the_server_dropped_is_replaced_after_idling(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pinged at checkout only after PING_AFTER_IDLE_SECONDS idle (an append's round trip saved).
+    engine = make_engine(pg_database, pool_size=2)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        _terminate_backends(pg_database)
+        monkeypatch.setattr(base, "PING_AFTER_IDLE_SECONDS", 0.0)
+        with engine.connect() as conn:  # the ping finds it dead: a new connection, no error
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+
+        _terminate_backends(pg_database)
+        monkeypatch.setattr(base, "PING_AFTER_IDLE_SECONDS", 3600.0)
+        with pytest.raises(OperationalError), engine.connect() as conn:
+            conn.execute(text("SELECT 1"))  # used a moment ago: not pinged, the request fails
+        with engine.connect() as conn:  # ... and the disconnect replaced the pool's connections
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        engine.dispose()

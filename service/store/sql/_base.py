@@ -3,6 +3,7 @@ experiment and run rows that several aggregates read."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Row, Select, create_engine, event, make_url, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -63,18 +64,42 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     # max_overflow=0: a busy server waits for one of its pool_size connections (after
     # pool_timeout, 30 s, a 503) instead of opening and closing one per request beyond them:
     # under the ingest benchmark 32 requests in flight on a pool of 20 made the server spend its
-    # CPU connecting (14,000 -> 18,700-20,300 points/s without that churn). pool_pre_ping: a
-    # connection the server dropped (a restart, a failover) is replaced at checkout instead of
-    # failing the request. connect_timeout: with the server unreachable, a
-    # request answers 503 in seconds instead of hanging until the OS gives up on TCP.
+    # CPU connecting (14,000 -> 18,700-20,300 points/s without that churn). connect_timeout: with
+    # the server unreachable, a request answers 503 in seconds instead of hanging until the OS
+    # gives up on TCP.
     connect_args = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": 5}
-    return create_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=0,
-        pool_pre_ping=True,
-        connect_args=connect_args,
-    )
+    engine = create_engine(url, pool_size=pool_size, max_overflow=0, connect_args=connect_args)
+    _ping_idle_connections(engine)
+    return engine
+
+
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Ping a connection at checkout when it has been idle ``PING_AFTER_IDLE_SECONDS``.
+
+    A connection the server dropped (a restart, a failover) is then replaced at checkout
+    instead of failing the request, as with ``pool_pre_ping``, which pings at every checkout:
+    one round trip in two of a metric append, the hottest call. A connection back in use within
+    a second was working a moment ago; if the server went away meanwhile, the request fails
+    (503), and the disconnect invalidates the whole pool, so the next checkouts connect anew.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is not None and time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            # The pool discards this connection and checks out another (or connects anew).
+            raise DisconnectionError(str(error)) from error
 
 
 def _parse_id(value: str, what: str) -> int:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mixers import DomainSpace, online_method
 from mixers.online.base import Feedback
 from mixers.online.curves import (
     Curves,
     LearningCurve,
+    _summing_to_one,
     discounted,
     fit_curve,
     plan_weights,
@@ -143,3 +146,19 @@ def test_shared_transfer_prior_penalises_only_preferences_between_domains() -> N
     expected = 0.1**2 * np.sum((skewed - g) ** 2) + 0.001**2 * g**2
     assert np.sum((root @ skewed) ** 2) == pytest.approx(expected)
     assert np.allclose(transfer_prior_matrix(3, 0.2, None), 0.2 * np.eye(3))
+
+
+@given(st.integers(0, 2**32 - 1), st.floats(-1e-4, 1e-4))
+def test_planned_weights_sum_to_one_without_leaving_their_bounds(seed: int, error: float) -> None:
+    # SLSQP's answer sums to 1 within ~1e-5; dividing by the sum pushed a weight at its
+    # lower bound (a min_weight) below it.
+    rng = np.random.default_rng(seed)
+    lower = rng.uniform(0.0, 0.1, 5) * (rng.random(5) < 0.6)
+    upper = np.maximum(lower, rng.uniform(0.3, 1.0, 5))
+    share = rng.dirichlet(np.ones(5)) * (rng.random(5) < 0.7)  # some weights at their floor
+    w = lower + (1.0 - lower.sum()) * share / max(share.sum(), 1e-12)
+    w = np.clip(w * (1.0 + error), lower, upper)
+    out = _summing_to_one(w, lower, upper)
+    if upper.sum() >= 1.0:
+        assert abs(out.sum() - 1.0) <= 1e-12
+        assert np.all(out >= lower - 1e-15) and np.all(out <= upper + 1e-15)

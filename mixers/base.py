@@ -29,6 +29,7 @@ __all__ = [
     "Proposal",
     "RunLookup",
     "RunSummary",
+    "spread_residual",
 ]
 
 SUM_TOLERANCE = 1e-6
@@ -38,6 +39,21 @@ FloatArray = NDArray[np.float64]
 Mode = Literal["offline", "online"]
 Direction = Literal["minimize", "maximize"]
 """Whether a smaller objective (a loss) or a larger one (a score) is better."""
+
+
+def spread_residual(
+    w: FloatArray, lower: FloatArray, upper: FloatArray, *, frozen: NDArray[np.bool_] | None = None
+) -> FloatArray:
+    """Mixtures ``w`` (rows, or one), within ``[lower, upper]`` but summing to 1 only up to a
+    rounding error (a solver's answer), moved to sum to 1 without leaving the bounds: the error
+    is shared in proportion to each weight's room towards the bound it moves to (none for the
+    ``frozen`` ones). Dividing by the sum instead pushes a weight at its lower bound below it."""
+    residual = 1.0 - w.sum(axis=-1, keepdims=True)
+    room = np.where(residual > 0, upper - w, w - lower)
+    if frozen is not None:
+        room = np.where(frozen, 0.0, room)
+    share = room / np.maximum(room.sum(axis=-1, keepdims=True), 1e-300)
+    return np.asarray(np.clip(w + residual * share, lower, upper), dtype=float)
 
 
 def _solve_clipped(
@@ -277,13 +293,9 @@ class DomainSpace:
             out, ok = _solve_clipped(
                 np.where(scaled[:, None], unit, 1.0), np.where(scaled[:, None], 0.0, v), lo, hi
             )
+            ok &= np.abs(1.0 - out.sum(axis=1)) <= 1e-9
             # Absorb the rounding error where there is room, never on a scaled row's zeros.
-            residual = 1.0 - out.sum(axis=1)
-            ok &= np.abs(residual) <= 1e-9
-            room = np.where(residual[:, None] > 0, hi - out, out - lo)
-            room = np.where(scaled[:, None] & (unit == 0), 0.0, room)
-            share = room / np.maximum(room.sum(axis=1, keepdims=True), 1e-300)
-            out = np.asarray(np.clip(out + residual[:, None] * share, lo, hi), dtype=float)
+            out = spread_residual(out, lo, hi, frozen=scaled[:, None] & (unit == 0))
         bad = extreme | ~ok | ~np.all(np.isfinite(out), axis=1) | ~self.contains(out, tol=1e-12)
         if bad.any():
             out[bad] = self._project_by_bisection(v[bad])

@@ -49,7 +49,7 @@ import numpy as np
 from pydantic import Field, field_validator
 from scipy.optimize import least_squares, minimize
 
-from mixers.base import DomainSpace, FloatArray
+from mixers.base import DomainSpace, FloatArray, spread_residual
 from mixers.online.base import Decision, Feedback, OnlineConfig, OnlineMixer, State, count_round
 from mixers.online.odm import clean_losses, play
 from mixers.registry import register
@@ -387,7 +387,7 @@ def plan_weights(
     w = np.clip(np.asarray(result.x, dtype=float), lower, upper)
     if not np.all(np.isfinite(w)) or w.sum() <= 0:
         return w0
-    w = _summing_to_one(w, lower, upper)
+    w = spread_residual(w, lower, upper)  # SLSQP's sum is 1 within ~1e-5
     # No predicted gain worth the move (a flat or unidentified model): stay where we are.
     if objective(w)[0] > objective(w0)[0] - 1e-6 * abs(objective(w0)[0]):
         return w0
@@ -568,19 +568,6 @@ class CurvesMixer(OnlineMixer[CurvesConfig]):
             upper,
             start,
         )
-
-
-def _summing_to_one(w: FloatArray, lower: FloatArray, upper: FloatArray) -> FloatArray:
-    """``w`` (within the bounds) moved to sum to 1 without leaving them: SLSQP's answer may
-    sum to 1 +- 1e-5, and dividing by the sum pushed a weight at its lower bound below it."""
-    gap = 1.0 - float(w.sum())
-    room = upper - w if gap > 0 else w - lower
-    if room.sum() < abs(gap):  # bounds that cannot sum to 1: the nearest the scaling gets
-        out: FloatArray = w / w.sum()
-        return out
-    # Shared in proportion to each weight's room, so that none passes its bound.
-    moved: FloatArray = w + gap * room / room.sum()
-    return moved
 
 
 def _segment_allocation(

@@ -8,11 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mixers import DomainSpace, online_method
+from mixers.base import spread_residual
 from mixers.online.base import Feedback
 from mixers.online.curves import (
     Curves,
     LearningCurve,
-    _summing_to_one,
     discounted,
     fit_curve,
     plan_weights,
@@ -158,7 +158,7 @@ def test_planned_weights_sum_to_one_without_leaving_their_bounds(seed: int, erro
     share = rng.dirichlet(np.ones(5)) * (rng.random(5) < 0.7)  # some weights at their floor
     w = lower + (1.0 - lower.sum()) * share / max(share.sum(), 1e-12)
     w = np.clip(w * (1.0 + error), lower, upper)
-    out = _summing_to_one(w, lower, upper)
+    out = spread_residual(w, lower, upper)
     if upper.sum() >= 1.0:
         assert abs(out.sum() - 1.0) <= 1e-12
         assert np.all(out >= lower - 1e-15) and np.all(out <= upper + 1e-15)

@@ -149,7 +149,7 @@ def main() -> None:
     for label, (rate, p50, p99) in results.items():
         print(
             f"{label:12s}: {rate:8,.0f} req/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms"
-            f"{_server_side(*server_side[label]) if label != 'healthz' else ''}"
+            f"{_server_side(*server_side[label])}"
         )
     base = results["healthz"][0]
     print(f"ratio weights/healthz: {results['weights'][0] / base:.2f}")
@@ -247,8 +247,9 @@ def within(before: tuple[float, float], after: tuple[float, float]) -> tuple[int
 
 
 def _server_side(answered: int, total: int) -> str:
-    """What the server measured: wrk's latencies include its own waits for the CPU, which on
-    2 shared cores is most of an outlier."""
+    """What the server measured (nothing for a phase without weights polls, ``/healthz``):
+    wrk's latencies include its own waits for the CPU, which on 2 shared cores is most of an
+    outlier."""
     if not total:
         return ""
     return f"  (server: {100 * answered / total:.2f} % within {float(BOUND) * 1000:g} ms)"

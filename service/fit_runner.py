@@ -132,6 +132,9 @@ class FitRunner:
     which are beaten far more often than they go stale; a restart therefore fails a crashed
     predecessor's fits at most ``stale_seconds`` later.
 
+    ``niceness`` lowers the worker processes' CPU priority (the server passes its
+    ``fit_niceness``); 0 leaves it as the server's.
+
     ``workers=0``, or a runner that was never started (an app whose lifespan did not run), fits
     in the server's thread pool instead.
     """
@@ -143,7 +146,7 @@ class FitRunner:
         *,
         heartbeat_seconds: float = 5.0,
         stale_seconds: float = 60.0,
-        niceness: int = 10,
+        niceness: int = 0,
     ) -> None:
         self.store = store
         self.workers = workers

@@ -92,5 +92,6 @@ def test_curves_captures_half_the_head_room_on_other_worlds(world_seed: int, k: 
 def test_curves_recommends_the_least_weight_for_the_useless_domain() -> None:
     result = simulate(mixer("curves"), 0)
     useless = NAMES.index(USELESS)
-    assert result.recommended[useless] == result.recommended.min()
+    # Several domains may sit at the floor, equal up to the rounding of the sum to 1.
+    assert result.recommended[useless] == pytest.approx(result.recommended.min(), abs=1e-12)
     assert result.recommended[useless] <= 0.05

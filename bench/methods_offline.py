@@ -9,7 +9,8 @@ mixture from the user and ``quadmix`` adds sampling parameters) proposes 128 run
 32; after 64 and after 128 runs each model is fitted to the runs so far and its recommendation
 searched as ``POST /fit`` does (``search_candidates`` at ``SEARCH_SECONDS``). Per method, model
 and size: the gap closed by the recommendation (``gap_closure``: 0 at the uniform mixture, 1 at
-the optimum) and by the best observed run, mean and minimum over the scenarios, and the model's
+the optimum), mean and minimum over the scenarios, with the searched mixture's and the best
+observed run's (they compete, ``recommend``'s ``runs``: how often the run won), and the model's
 global Spearman (its ranking of 2000 uniform Dirichlet mixtures against the noiseless law).
 
 RegMix swarm (``../shared/data/regmix``, 512 runs, no known optimum): ``mixers.backtest`` replays
@@ -28,7 +29,7 @@ import numpy as np
 
 from mixers.backtest import BacktestPlan, backtest
 from mixers.base import DomainSpace, Observation
-from mixers.fitting import fit_model
+from mixers.fitting import Usable, fit_model
 from mixers.recommendation import SEARCH_SECONDS, recommend
 from mixers.registry import offline_method
 from tests.mixers.simulator import LAWS, make_law, propose_and_observe
@@ -57,11 +58,16 @@ class OfflineRow:
     scenarios: int
     gap_mean: float
     gap_min: float
+    """The recommendation's: the searched mixture or the best run, whichever won the contest."""
+    searched_gap_mean: float
+    """The searched mixture's, whether it won or not."""
     best_run_gap_mean: float
     spearman_mean: float
     spearman_min: float
     run_won: int
-    """Scenarios where the best observed run closed more of the gap than the recommendation."""
+    """Scenarios where the best observed run closed more of the gap than the searched mixture."""
+    run_chosen: int
+    """Scenarios where the recommendation is the best run (it won the contest)."""
     chosen: str
     """The models ``auto`` fitted, with counts (``auto`` rows)."""
 
@@ -83,7 +89,7 @@ def simulated_rows(
     verbose: bool = True,
 ) -> list[OfflineRow]:
     """Every method x model x size over the scenarios ``laws x ks x noises x seeds``."""
-    results: dict[tuple[str, str, int], list[tuple[float, float, float, str]]] = {}
+    results: dict[tuple[str, str, int], list[tuple[float, float, float, float, str, str]]] = {}
     for law, k, noise, seed in itertools.product(laws, ks, noises, seeds):
         sim = make_law(law, k, seed)
         space = sim.space()
@@ -96,27 +102,41 @@ def simulated_rows(
                 ids = [str(i) for i in range(n)]
                 fit = fit_model(X[:n], y[:n], ids, model=model, names=space.names, seed=seed)
                 rng = np.random.default_rng([seed, n])
-                rec = recommend(space, fit, rng, max_seconds=SEARCH_SECONDS)
+                fitted = Usable(observations=(), X=X[:n], y=y[:n], run_ids=tuple(ids))
+                rec = recommend(
+                    space,
+                    fit,
+                    rng,
+                    max_seconds=SEARCH_SECONDS,
+                    runs=fitted,
+                    contest=mixer.best_run_competes,
+                )
+                searched_w = (
+                    rec.alternatives[0].weights if rec.chosen == "best_run" else rec.weights
+                )
                 results.setdefault((method, model, n), []).append(
                     (
                         sim.gap_closure(rec.weights),
+                        sim.gap_closure(searched_w),
                         sim.gap_closure(X[int(np.argmin(y[:n]))]),
                         sim.global_spearman(fit.estimator.predict, seed=seed),
                         fit.model,
+                        rec.chosen,
                     )
                 )
             if verbose:
                 last = results[(method, models[0], SIZES[-1])][-1]
                 print(
                     f"  {law:11} K={k:2} noise={noise:.3f} seed={seed} {method:7} "
-                    f"gap@128={last[0]:.3f} best-run={last[1]:.3f} rho={last[2]:.3f} "
-                    f"({last[3]}, {time.perf_counter() - started:.0f} s)",
+                    f"gap@128={last[0]:.3f} searched={last[1]:.3f} best-run={last[2]:.3f} "
+                    f"rho={last[3]:.3f} ({last[4]}, {last[5]}, "
+                    f"{time.perf_counter() - started:.0f} s)",
                     flush=True,
                 )
     rows = []
     for (method, model, n), found in results.items():
-        gaps, runs, rhos, chosen = zip(*found, strict=True)
-        counts = {name: chosen.count(name) for name in sorted(set(chosen))}
+        gaps, searched, best_runs, rhos, models_chosen, winners = zip(*found, strict=True)
+        counts = {name: models_chosen.count(name) for name in sorted(set(models_chosen))}
         rows.append(
             OfflineRow(
                 method=method,
@@ -125,10 +145,12 @@ def simulated_rows(
                 scenarios=len(found),
                 gap_mean=float(np.mean(gaps)),
                 gap_min=float(np.min(gaps)),
-                best_run_gap_mean=float(np.mean(runs)),
+                searched_gap_mean=float(np.mean(searched)),
+                best_run_gap_mean=float(np.mean(best_runs)),
                 spearman_mean=float(np.mean(rhos)),
                 spearman_min=float(np.min(rhos)),
-                run_won=int(sum(r > g for r, g in zip(runs, gaps, strict=True))),
+                run_won=int(sum(r > g for r, g in zip(best_runs, searched, strict=True))),
+                run_chosen=winners.count("best_run"),
                 chosen=" ".join(f"{name}:{c}" for name, c in counts.items()),
             )
         )
@@ -138,13 +160,15 @@ def simulated_rows(
 def print_offline_table(rows: Sequence[OfflineRow]) -> None:
     print(
         f"{'method':8} {'model':10} {'runs':>4} {'n':>3} {'gap mean':>8} {'gap min':>7} "
-        f"{'best run':>8} {'run won':>7} {'rho mean':>8} {'rho min':>7}  auto chose"
+        f"{'searched':>8} {'best run':>8} {'run won':>7} {'run chosen':>10} {'rho mean':>8} "
+        f"{'rho min':>7}  auto chose"
     )
     for r in sorted(rows, key=lambda r: (r.method, r.model, r.n_runs)):
         print(
             f"{r.method:8} {r.model:10} {r.n_runs:4} {r.scenarios:3} {r.gap_mean:8.3f} "
-            f"{r.gap_min:7.3f} {r.best_run_gap_mean:8.3f} {r.run_won:7} {r.spearman_mean:8.3f} "
-            f"{r.spearman_min:7.3f}  {r.chosen if r.model == 'auto' else ''}"
+            f"{r.gap_min:7.3f} {r.searched_gap_mean:8.3f} {r.best_run_gap_mean:8.3f} "
+            f"{r.run_won:7} {r.run_chosen:10} {r.spearman_mean:8.3f} {r.spearman_min:7.3f}  "
+            f"{r.chosen if r.model == 'auto' else ''}"
         )
 
 

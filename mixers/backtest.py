@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mixers.base import Direction, DomainSpace, FloatArray, Observation
-from mixers.fitting import MIN_RUNS, Fit, MetricTerms, fit_model, spearman_or_none
+from mixers.fitting import MIN_RUNS, Fit, MetricTerms, Usable, fit_model, spearman_or_none
 from mixers.recommendation import Recommendation, recommend
 from mixers.registry import offline_method, offline_methods
 from mixers.regressors import regressor_names
@@ -196,6 +196,7 @@ def backtest(
     seed: int = 0,
     search_candidates: int = 10_000,
     terms: MetricTerms | None = None,
+    contest: bool = False,
 ) -> Backtest:
     """Replay the swarm ``(X, y)`` (rows in creation order) for each design, size and model.
 
@@ -209,6 +210,9 @@ def backtest(
 
     ``terms``: the runs' per-metric values when the objective is a weighted sum of metrics (rows
     as ``X``); the ``auto`` rows then come from ``auto`` fits, per-metric candidates included.
+
+    ``contest``: whether the best run seen competes with each searched mixture, as the
+    experiment's method lets it in ``POST /fit`` (``OfflineMixer.best_run_competes``).
     """
     plan = plan or BacktestPlan()
     models, sizes, designs = plan.models, plan.sizes, plan.designs
@@ -258,7 +262,10 @@ def backtest(
             terms=None if terms is None or model != "auto" else terms.rows(rows),
         )  # fmt: skip
         rng = np.random.default_rng([seed, len(rows)])
-        return fit, recommend(space, fit, rng, candidates=search_candidates)
+        runs = Usable(observations=(), X=X[rows], y=y[rows], run_ids=tuple(ids))
+        return fit, recommend(
+            space, fit, rng, candidates=search_candidates, runs=runs, contest=contest
+        )
 
     reference, ref_rec = fit_and_recommend(np.arange(n), reference_model)
     ref_value = float(reference.estimator.predict(ref_rec.weights[None])[0])

@@ -14,6 +14,7 @@ included), not for the noiseless mean.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -51,7 +52,9 @@ __all__ = [
     "Usable",
     "check_model",
     "fit_model",
+    "gives_std",
     "predict",
+    "predict_with_std",
     "spearman_or_none",
     "usable_runs",
 ]
@@ -651,3 +654,16 @@ def predict(result: Fit, X: FloatArray) -> tuple[FloatArray, FloatArray, FloatAr
     value = np.asarray(result.estimator.predict(X), dtype=float).ravel()
     q_lo, q_hi = result.residual_quantiles
     return value, value + q_lo, value + q_hi
+
+
+def predict_with_std(estimator: Any, W: FloatArray) -> tuple[FloatArray, FloatArray] | None:
+    """``(mean, std)`` from ``estimator.predict(W, return_std=True)``; ``None`` without it."""
+    if not gives_std(estimator):
+        return None
+    mean, std = estimator.predict(W, return_std=True)
+    return np.asarray(mean, dtype=float).ravel(), np.asarray(std, dtype=float).ravel()
+
+
+def gives_std(estimator: Any) -> bool:
+    """Whether ``estimator.predict`` takes ``return_std`` (a predictive standard deviation)."""
+    return "return_std" in inspect.signature(estimator.predict).parameters

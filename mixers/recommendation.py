@@ -12,19 +12,21 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from mixers.base import Direction, DomainSpace, FloatArray
-from mixers.fitting import Fit, predict
+from mixers.fitting import Fit, Usable, predict, predict_with_std
 from mixers.sampling import neighbourhood, swarm_samples
 from mixers.search import CHUNK, Round, global_then_refine
 
 __all__ = [
+    "BEST_RUN_CAUTION",
     "DISTINCT_L1",
     "MAX_ALTERNATIVES",
     "SEARCH_SECONDS",
+    "BestRun",
     "Prediction",
     "Recommendation",
     "Scored",
@@ -40,6 +42,9 @@ turned into a number of candidates by ``search_candidates``, never checked on th
 DISTINCT_L1 = 0.05
 """Alternatives differ from each other and from the recommendation by more than this (L1)."""
 MAX_ALTERNATIVES = 5
+BEST_RUN_CAUTION = 2.0
+"""How many of its extra predictive standard deviations (over the best run's) count against the
+searched mixture when it competes with the best observed run (``_compete``)."""
 
 _POOL = 2048  # best candidates kept for the alternatives
 _GLOBAL_SHARE = 0.5  # of the candidates, drawn swarm-like before refining around the best
@@ -89,6 +94,17 @@ class Scored:
 
 
 @dataclass(frozen=True)
+class BestRun:
+    """The best observed run among those fitted, as it competed with the searched mixture:
+    its reported ``observed`` objective and the model's ``predicted`` value for its mixture."""
+
+    run_id: str
+    weights: FloatArray
+    observed: float
+    predicted: Prediction
+
+
+@dataclass(frozen=True)
 class SearchReport:
     """How the recommendation was searched; ``None`` fields do not apply to the method."""
 
@@ -107,6 +123,8 @@ class Recommendation:
     ``baseline``: the prior mixture and its prediction (``None`` where a method has no neutral
     baseline). ``p_better_than_baseline``: the chance that one run on ``weights`` beats one on
     the baseline. ``alternatives``: distinct mixtures predicted within the noise of the best.
+    ``chosen``: whether ``weights`` is the searched mixture or the ``best_run``'s, which
+    competed with it (``None`` where no run competed); ``reason`` says why it won.
     """
 
     weights: FloatArray
@@ -118,6 +136,9 @@ class Recommendation:
     model: str
     n_runs: int
     search: SearchReport
+    chosen: Literal["search", "best_run"] = "search"
+    best_run: BestRun | None = None
+    reason: str | None = None
 
 
 def _trust_space(space: DomainSpace, result: Fit) -> DomainSpace | None:
@@ -167,11 +188,54 @@ def _kl_to_prior(w: FloatArray, prior: FloatArray) -> FloatArray:
     return np.asarray(terms.sum(axis=1), dtype=float)
 
 
+def _compete(
+    space: DomainSpace,
+    result: Fit,
+    runs: Usable,
+    searched: FloatArray,
+    searched_value: float,
+    sign: float,
+) -> tuple[BestRun | None, bool, str]:
+    """The best observed run against the searched mixture: ``(best_run, won, why)``;
+    ``best_run`` is ``None`` when no run could compete (``why`` says why).
+
+    The model predicts both mixtures. The searched one wins when the model predicts it better
+    than the best run by more than ``BEST_RUN_CAUTION`` times the extra predictive standard
+    deviation it has over the run (for a model that gives one, the GP; else by any margin): the
+    run's mixture has been trained and seen, the searched one is the model's extrapolation, and
+    a search maximising a prediction favours the mixtures the model overrates. The run's own
+    reported value is not compared with the prediction: the best of many noisy runs is lucky
+    by selection, so its report is optimistic.
+    """
+    finite = np.isfinite(runs.y)
+    if not finite.any():
+        return None, False, "no fitted run has a finite objective"
+    i = int(np.argmin(np.where(finite, sign * runs.y, np.inf)))
+    run_id, weights = runs.run_ids[i], np.asarray(runs.X[i], dtype=float)
+    if len(weights) != space.k or not bool(space.contains(weights[None, :])[0]):
+        return None, False, f"the best run {run_id} lies outside the domains' bounds"
+    value = float(predict(result, weights[None, :])[0][0])
+    best_run = BestRun(run_id, weights, float(runs.y[i]), Prediction.of(result, value))
+    with_std = predict_with_std(result.estimator, np.vstack([searched, weights]))
+    extra = 0.0 if with_std is None else max(0.0, float(with_std[1][0] - with_std[1][1]))
+    gain = sign * (value - searched_value)  # > 0: the searched mixture is predicted better
+    needed = BEST_RUN_CAUTION * extra
+    why = f"the model predicts the searched mixture {gain:.4g} better than run {run_id}"
+    if extra > 0:
+        why += (
+            f"; it needed more than {needed:.4g} ({BEST_RUN_CAUTION:g} x its {extra:.4g} more "
+            "predictive std)"
+        )
+    return best_run, gain <= needed, why
+
+
 def recommend(
     space: DomainSpace,
     result: Fit,
     rng: np.random.Generator,
     *,
+    runs: Usable | None = None,
+    contest: bool = True,
     direction: Direction | None = None,
     candidates: int = 100_000,
     top_k: int = 100,
@@ -215,6 +279,12 @@ def recommend(
 
     Alternatives: up to 5 candidates predicted within ``sigma`` of the best candidate, each more
     than 0.05 (L1) from the recommendation and from each other, best first.
+
+    ``runs``: the fitted runs; the best of them competes with the searched mixture
+    (``_compete``), and when it wins it is the recommendation, with the searched mixture first
+    among the alternatives. ``chosen``, ``best_run`` and ``reason`` report the contest. With
+    ``contest`` false the best run is reported but cannot win (a method whose runs are a
+    space-filling design: its best run is one lucky draw, not a found optimum).
 
     ``max_seconds`` sizes the search to a time budget: ``candidates`` is cut to
     ``search_candidates(result, max_seconds)``, the count the fit's model gets through in that
@@ -268,6 +338,24 @@ def recommend(
     values, _, _ = predict(result, np.vstack([best, base]))
     best_value, base_value = float(values[0]), float(values[1])
 
+    chosen: Literal["search", "best_run"] = "search"
+    best_run, reason = None, None
+    searched = best
+    if runs is not None and len(runs.y):
+        best_run, won, why = _compete(space, result, runs, best, best_value, sign)
+        if best_run is None:
+            reason = f"search: {why}"
+        elif not contest:
+            reason = (
+                f"search: {why}, but the best run does not compete with this method's search "
+                "(its runs are a design spread over the space, not searched around an optimum)"
+            )
+        elif won:
+            chosen, reason = "best_run", f"best run: {why}"
+            best, best_value = best_run.weights, best_run.predicted.value
+        else:
+            reason = f"search: {why}"
+
     sigma = result.interval_sigma
     gain = sign * (base_value - best_value)
     if sigma > 0:
@@ -276,25 +364,27 @@ def recommend(
         p_better = 1.0 if gain > 0 else 0.0 if gain < 0 else 0.5
 
     alternatives: list[Scored] = []
-    chosen = [best]
+    picked = [best]
+    if chosen == "best_run" and np.abs(searched - best).sum() > DISTINCT_L1:
+        picked.append(searched)
     if np.isfinite(pool_s[0]):
         near_w = np.vstack([pool_w, spread_w])
         near_s = np.concatenate([pool_s, spread_s])
         order = np.argsort(near_s, kind="stable")
         within = order[near_s[order] <= pool_s[0] + sigma]
         for w in near_w[within]:
-            if min(float(np.abs(w - c).sum()) for c in chosen) <= DISTINCT_L1:
-                continue
-            chosen.append(w)
-            if len(chosen) > MAX_ALTERNATIVES:
+            if len(picked) > MAX_ALTERNATIVES:
                 break
-        if len(chosen) > 1:
-            # Predicted afresh: the pool's scores include the KL penalty.
-            values_alt, _, _ = predict(result, np.vstack(chosen[1:]))
-            alternatives = [
-                Scored(w, {}, Prediction.of(result, float(v)))
-                for w, v in zip(chosen[1:], values_alt, strict=True)
-            ]
+            if min(float(np.abs(w - c).sum()) for c in picked) <= DISTINCT_L1:
+                continue
+            picked.append(w)
+    if len(picked) > 1:
+        # Predicted afresh: the pool's scores include the KL penalty.
+        values_alt, _, _ = predict(result, np.vstack(picked[1:]))
+        alternatives = [
+            Scored(w, {}, Prediction.of(result, float(v)))
+            for w, v in zip(picked[1:], values_alt, strict=True)
+        ]
 
     return Recommendation(
         weights=best,
@@ -313,4 +403,7 @@ def recommend(
             refine_rounds=search.rounds,
             kl_penalty=kl_penalty,
         ),
+        chosen=chosen,
+        best_run=best_run,
+        reason=reason,
     )

@@ -622,6 +622,15 @@ class Alternative(_Reply):
     predicted: Predicted
 
 
+class BestRun(_Reply):
+    """The best observed run among the fitted ones, which competed with the searched mixture."""
+
+    run_id: str
+    weights: dict[str, float]
+    observed: float = Field(description="the objective the run reported")
+    predicted: Predicted = Field(description="the fitted model's value for its mixture")
+
+
 class Recommendation(_Reply):
     weights: dict[str, float]
     params: dict[str, Any] = Field(default_factory=dict)
@@ -634,6 +643,15 @@ class Recommendation(_Reply):
     n_runs: int | None = None
     search: dict[str, Any] = Field(default_factory=dict)
     run_id: str | None = Field(default=None, description="online: the run the weights come from")
+    chosen: Literal["search", "best_run"] | None = Field(
+        default=None,
+        description=(
+            "offline: whether `weights` is the searched mixture or the best observed run's, "
+            "which competed with it (`best_run`; `reason` says why it won)"
+        ),
+    )
+    best_run: BestRun | None = None
+    reason: str | None = None
 
 
 # --- online ------------------------------------------------------------------------------------

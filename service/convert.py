@@ -163,6 +163,16 @@ def recommendation_out(space: DomainSpace, rec: Recommendation) -> schemas.Recom
         model=rec.model,
         n_runs=rec.n_runs,
         search={k: v for k, v in asdict(rec.search).items() if v is not None},
+        chosen=rec.chosen,
+        best_run=None
+        if rec.best_run is None
+        else schemas.BestRun(
+            run_id=rec.best_run.run_id,
+            weights=space.to_dict(rec.best_run.weights),
+            observed=rec.best_run.observed,
+            predicted=_predicted(rec.best_run.predicted),
+        ),
+        reason=rec.reason,
     )
 
 

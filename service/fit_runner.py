@@ -67,7 +67,7 @@ def compute_fit(job: FitJob, stage: Callable[[str], None]) -> NewFit:
     )
     stage(f"searching the recommendation of {fit.model} ({fit.n_runs} runs)")
     rng = np.random.default_rng([mixer.config.seed or 0, fit.n_runs])
-    recommendation = recommendation_out(space, mixer.recommend(space, fit, rng))
+    recommendation = recommendation_out(space, mixer.recommend(space, fit, rng, job.history))
     try:
         data: bytes | None = dump_fit(fit)
     except TypeError as exc:  # a plug-in regressor without to_state()

@@ -7,10 +7,10 @@ finished runs and propose from it; a fit that fails falls back to the design, lo
 
 from __future__ import annotations
 
-import inspect
 import logging
+import math
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from pydantic import Field
@@ -24,10 +24,19 @@ from mixers.base import (
     Observation,
     Proposal,
 )
-from mixers.fitting import MIN_RUNS, REPLICATE_DECIMALS, check_model, fit_model, usable_runs
+from mixers.fitting import (
+    MIN_RUNS,
+    REPLICATE_DECIMALS,
+    check_model,
+    fit_model,
+    gives_std,
+    predict_with_std,
+    usable_runs,
+)
 from mixers.offline.base import OfflineMixer
 from mixers.offline.regmix import RegMixConfig, dirichlet_design
 from mixers.regressors import make_regressor
+from mixers.sampling import dirichlet_rows, inside
 from mixers.search import Scorer
 from mixopt.errors import Conflict, InvalidInput
 
@@ -39,6 +48,7 @@ __all__ = [
     "SequentialMixer",
     "can_fit",
     "check_model_name",
+    "explore_rows",
     "fill",
     "fit_surrogate",
     "fitted_or_designed",
@@ -49,6 +59,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_EXPLORE_CHUNK = 64  # runs compared with the exploration pool at a time
 
 DIRECTION_DESCRIPTION = (
     "whether a smaller ('minimize', a loss) or larger ('maximize', a score) objective is better; "
@@ -63,13 +75,26 @@ design: a proposal request should not fail because a surrogate could not be fitt
 
 class DirectedConfig(MethodConfig):
     direction: Direction = Field(default="minimize", description=DIRECTION_DESCRIPTION)
+    explore: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description=(
+            "share of each fitted batch (rounded up) spent on exploration: mixtures spread "
+            "over the whole space, each as far (L1) as possible from every run so far, so "
+            "that the fitted model stays right away from the optimum too (0: none)"
+        ),
+    )
 
 
 DirectedT = TypeVar("DirectedT", bound=DirectedConfig)
 
 
 class SequentialMixer(OfflineMixer[DirectedT]):
-    """An offline method that fits its history: it optimises in the objective's direction."""
+    """An offline method that fits its history: it optimises in the objective's direction,
+    and its best run, found by that search, competes with the fit's searched mixture."""
+
+    best_run_competes: ClassVar[bool] = True
 
     def complete_config(self, setup: ExperimentSetup) -> DirectedT:
         """``direction`` taken from the objective, or checked against it when given."""
@@ -117,19 +142,6 @@ def fit_surrogate(
     return make_regressor(model, seed).fit(X, y), model
 
 
-def predict_with_std(estimator: Any, W: FloatArray) -> tuple[FloatArray, FloatArray] | None:
-    """``(mean, std)`` from ``estimator.predict(W, return_std=True)``; ``None`` without it."""
-    if not gives_std(estimator):
-        return None
-    mean, std = estimator.predict(W, return_std=True)
-    return np.asarray(mean, dtype=float).ravel(), np.asarray(std, dtype=float).ravel()
-
-
-def gives_std(estimator: Any) -> bool:
-    """Whether ``estimator.predict`` takes ``return_std`` (a predictive standard deviation)."""
-    return "return_std" in inspect.signature(estimator.predict).parameters
-
-
 def predictor(estimator: Any, sign: float, caution: float = 0.0) -> Scorer:
     """``sign * prediction + caution * std`` (the std where the model gives one), smaller is
     better; non-finite scores are worst."""
@@ -161,9 +173,40 @@ def fill(
     return np.vstack([chosen, more])
 
 
-Optimiser = Callable[[FloatArray, FloatArray, FloatArray], FloatArray]
-"""``(X, y, existing) -> rows``: a fitted method's proposals from the usable runs ``(X, y)``
-and every run's mixture so far (``existing``)."""
+def explore_rows(
+    space: DomainSpace,
+    existing: FloatArray,
+    count: int,
+    rng: np.random.Generator,
+    *,
+    candidates: int = 1024,
+) -> FloatArray:
+    """``count`` mixtures spread over the whole space, far from the runs so far: greedy maximin
+    over ``candidates`` mixtures uniform on the simplex (in the bounds), each pick the one
+    farthest (L1) from every run and every earlier pick. Uniform, not swarm-like: the swarm's
+    near-vertex mixtures would win every maximin, and the model should rank typical mixtures."""
+    if count <= 0:
+        return np.empty((0, space.k))
+    pool = inside(space, dirichlet_rows(np.ones((max(candidates, 2 * count), space.k)), rng))
+    nearest = np.full(len(pool), np.inf)
+    for start in range(0, len(existing), _EXPLORE_CHUNK):  # bounded memory on long histories
+        block = existing[start : start + _EXPLORE_CHUNK]
+        gaps = np.abs(pool[:, None, :] - block[None, :, :]).sum(axis=2)
+        nearest = np.minimum(nearest, gaps.min(axis=1))
+    picked: list[int] = []
+    for _ in range(min(count, len(pool))):
+        i = int(np.argmax(nearest))
+        if not nearest[i] > DISTINCT_L1:
+            break
+        picked.append(i)
+        nearest = np.minimum(nearest, np.abs(pool - pool[i]).sum(axis=1))
+    return pool[picked]
+
+
+Optimiser = Callable[[FloatArray, FloatArray, FloatArray, int], FloatArray]
+"""``(X, y, existing, count) -> rows``: a fitted method's ``count`` proposals from the usable
+runs ``(X, y)``, differing from every mixture in ``existing`` (the runs so far, and the batch's
+exploration rows)."""
 
 
 def fitted_or_designed(
@@ -175,15 +218,26 @@ def fitted_or_designed(
     *,
     ready: bool,
     optimise: Optimiser,
+    explore: float = 0.0,
 ) -> list[Proposal]:
-    """What a method that fits its history proposes: ``optimise``'s rows once it is ``ready``
-    and the runs can be fitted; RegMix's design before that, or when the fit fails (logged)."""
+    """What a method that fits its history proposes: once it is ``ready`` and the runs can be
+    fitted, ``ceil(explore * count)`` exploration rows (``explore_rows``) and ``optimise``'s
+    rows for the rest (``optimise`` is given the exploration rows among ``existing`` and asked
+    for ``count`` minus them); RegMix's design before that, or when the fit fails (logged)."""
     existing = history_weights(history, space.k)
     usable = usable_runs(history, space.k, minimum=0)
     rows: FloatArray | None = None
     if ready and can_fit(usable.X):
         try:
-            rows = optimise(usable.X, usable.y, existing)
+            # Exploration first, so that the optimised rows differ from it.
+            wide = explore_rows(space, existing, math.ceil(explore * count), rng)
+            rest = count - len(wide)
+            focused = (
+                optimise(usable.X, usable.y, np.vstack([existing, wide]), rest)
+                if rest > 0
+                else np.empty((0, space.k))
+            )
+            rows = np.vstack([focused, wide])
         except FIT_ERRORS as exc:
             log.warning("%s: fitting failed, falling back to the design: %s", method, exc)
     if rows is None:

@@ -36,6 +36,11 @@ __all__ = ["OfflineMixer"]
 
 class OfflineMixer(Mixer[ConfigT]):
     mode: ClassVar[Mode] = "offline"
+    best_run_competes: ClassVar[bool] = False
+    """Whether the best fitted run may win the recommendation over the searched mixture
+    (``recommend``'s ``contest``): for methods that search around an optimum, whose best run is
+    a find. On the simulators of ``bench/methods.py`` the contest added 0.03-0.08 of the gap
+    closed to ``rounds`` and ``bayes``, and cost ``regmix``'s one-shot design 0.04-0.07."""
 
     @abstractmethod
     def propose(
@@ -95,12 +100,28 @@ class OfflineMixer(Mixer[ConfigT]):
             terms=usable.terms,
         )
 
-    def recommend(self, space: DomainSpace, fit: Fit, rng: np.random.Generator) -> Recommendation:
+    def recommend(
+        self,
+        space: DomainSpace,
+        fit: Fit,
+        rng: np.random.Generator,
+        history: Sequence[Observation] = (),
+    ) -> Recommendation:
         """The mixture ``fit`` predicts best, with a search sized to ``SEARCH_SECONDS``: a
         tree ensemble scores far fewer candidates per second than a linear model, so the search
         scores the count its model gets through in that time here (``search_candidates``: by
-        model and data shape, not by the clock, so the answer does not depend on the load)."""
-        return recommend(space, fit, rng, max_seconds=SEARCH_SECONDS)
+        model and data shape, not by the clock, so the answer does not depend on the load).
+        With the ``history`` the fit was made on, its best usable run is reported, and where
+        ``best_run_competes`` it competes with the searched mixture (``recommend``'s ``runs``)."""
+        runs = usable_runs(history, space.k, minimum=0) if history else None
+        return recommend(
+            space,
+            fit,
+            rng,
+            max_seconds=SEARCH_SECONDS,
+            runs=runs,
+            contest=self.best_run_competes,
+        )
 
     def predict(self, fit: Fit, features: FloatArray) -> list[Prediction]:
         """``fit``'s prediction and interval for each row of ``features`` (see ``features``,
@@ -132,4 +153,5 @@ class OfflineMixer(Mixer[ConfigT]):
             direction=direction,
             seed=self.config.seed or 0,
             terms=usable.terms,
+            contest=self.best_run_competes,
         )

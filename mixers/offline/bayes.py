@@ -180,7 +180,8 @@ class BayesMixer(SequentialMixer[BayesConfig]):
             count,
             rng,
             ready=len(history) >= cfg.initial_runs,
-            optimise=lambda X, y, existing: self._optimise(space, X, y, existing, count, rng),
+            optimise=lambda X, y, existing, rest: self._optimise(space, X, y, existing, rest, rng),
+            explore=cfg.explore,
         )
 
     def _optimise(

@@ -185,9 +185,10 @@ class RoundsMixer(SequentialMixer[RoundsConfig]):
             count,
             rng,
             ready=r > 0,
-            optimise=lambda X, y, existing: self._around_optimum(
-                space, X, y, existing, count, r, rng
+            optimise=lambda X, y, existing, rest: self._around_optimum(
+                space, X, y, existing, rest, r, rng
             ),
+            explore=cfg.explore,
         )
 
     def _around_optimum(

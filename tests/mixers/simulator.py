@@ -41,7 +41,7 @@ from scipy.optimize import minimize
 from scipy.stats import spearmanr
 
 from mixers.base import DomainSpace, Observation
-from mixers.fitting import fit_model
+from mixers.fitting import Usable, fit_model
 from mixers.offline.base import OfflineMixer
 from mixers.recommendation import recommend
 
@@ -350,14 +350,23 @@ def run_method(
     noise: float = NOISE,
 ) -> Outcome:
     """Propose ``batches`` one after another (each observed before the next), then fit ``model``
-    on every run and recommend with ``mixers.fitting`` (as ``POST /fit`` does)."""
+    on every run and recommend with ``mixers.fitting`` (as ``POST /fit`` does: the best run
+    competes with the searched mixture)."""
     space = sim.space()
     history, seconds = propose_and_observe(sim, mixer, seed, batches=batches, noise=noise)
     X = np.array([obs.weights for obs in history])
     y = np.array([obs.objective for obs in history], dtype=float)
     ids = [str(i) for i in range(len(y))]
     result = fit_model(X, y, ids, model=model, names=space.names, seed=seed)
-    rec = recommend(space, result, np.random.default_rng([seed, len(y)]), candidates=candidates)
+    runs = Usable(observations=tuple(history), X=X, y=y, run_ids=tuple(ids))
+    rec = recommend(
+        space,
+        result,
+        np.random.default_rng([seed, len(y)]),
+        candidates=candidates,
+        runs=runs,
+        contest=mixer.best_run_competes,
+    )
     best = rec.weights
     return Outcome(
         weights=X,

@@ -1,19 +1,22 @@
 """The sequential offline methods ``rounds`` (CLIMB-style) and ``bayes`` (batch BO with a GP).
 
-The Must-show (``test_sequential_methods_close_90_percent_of_the_gap``): on the Data-Mixing-Law
+The Must-show (``test_sequential_methods_close_95_percent_of_the_gap``): on the Data-Mixing-Law
 simulator (``simulator.py``; K = 5, 10, 17; seeds 0-2), 4 batches of 32 runs, each observed
 before the next, then ``fit_model`` + ``recommend``: the best sequential method closes at least
-90 % of the gap between the uniform mixture and the optimum on average, and both beat RegMix's
-one-shot design of 128 runs with LightGBM. Measured (gap closure, mean over the 3 seeds):
+95 % of the gap between the uniform mixture and the optimum on average, and both beat RegMix's
+one-shot design of 128 runs with LightGBM. Measured (gap closure, mean over the 3 seeds; with
+a quarter of every fitted batch exploring, ``explore`` 0.25, and the best run competing with
+the searched mixture):
 
 =================  =====  =====  =====  =====
 method + model     K=5    K=10   K=17   mean
 =================  =====  =====  =====  =====
-regmix + lightgbm  0.68   0.28   0.75   0.57
-regmix + gp        0.63   0.85   0.90   0.79
-rounds + gp        0.97   0.91   0.95   0.94
-bayes + gp         0.97   0.94   0.92   0.94
+regmix + lightgbm  0.68   0.24   0.77   0.56
+rounds + gp        0.99   0.93   0.92   0.95
+bayes + gp         0.99   0.98   0.97   0.98
 =================  =====  =====  =====  =====
+
+Without exploration or the contest: rounds 0.94, bayes 0.94.
 
 (Optuna's TPE, multivariate with a constant liar over a stick-breaking parametrisation and the
 history replayed into an in-memory study, scored 0.88 with the same GP recommendation, its best
@@ -32,6 +35,7 @@ from scipy.spatial.distance import cdist
 from mixers import offline_method
 from mixers.base import DomainSpace, Observation
 from mixers.fitting import usable_runs
+from mixers.offline._sequential import explore_rows
 from mixers.offline.base import OfflineMixer
 from mixers.offline.bayes import (
     BayesConfig,
@@ -57,13 +61,17 @@ def weights(proposals: list[Any]) -> np.ndarray:
     return np.array([p.weights for p in proposals])
 
 
+def quadratic_target(space: DomainSpace) -> np.ndarray:
+    return space.project(np.linspace(1.0, 2.0, space.k))[0]
+
+
 def quadratic_history(
     space: DomainSpace, n: int, seed: int, *, failed: int = 0, sign: float = 1.0
 ) -> list[Observation]:
     """``n`` runs of RegMix's design with the objective ``sign * |w - target|^2``; the first
     ``failed`` of them failed."""
     rows = weights(mixer(RegMixMixer).propose(space, [], n, np.random.default_rng(seed)))
-    target = space.project(np.linspace(1.0, 2.0, space.k))[0]
+    target = quadratic_target(space)
     return [
         Observation(
             weights=row,
@@ -231,6 +239,50 @@ def test_rounds_proposes_valid_mixtures_with_linear_or_auto_models(model: str) -
     assert_valid_mixtures(space, proposals, 8)
 
 
+# --- exploration ---------------------------------------------------------------------------------
+
+
+def test_explore_rows_lie_farther_from_the_runs_than_uniform_draws() -> None:
+    space = generic_space()
+    existing = weights(mixer(RegMixMixer).propose(space, [], 48, np.random.default_rng(0)))
+    rows = explore_rows(space, existing, 8, np.random.default_rng(1))
+    assert rows.shape == (8, space.k)
+    assert bool(np.all(space.contains(rows)))
+    uniform = space.project(np.random.default_rng(2).dirichlet(np.ones(space.k), 8))
+    nearest = cdist(rows, existing, "cityblock").min(axis=1)
+    assert nearest.min() > np.median(cdist(uniform, existing, "cityblock").min(axis=1))
+    # ... and from each other: greedy maximin never picks two close together.
+    pairwise = cdist(rows, rows, "cityblock")[np.triu_indices(8, 1)]
+    assert pairwise.min() > 0.1
+    assert explore_rows(space, existing, 0, np.random.default_rng(1)).shape == (0, space.k)
+
+
+@pytest.mark.parametrize("cls", METHODS, ids=ids)
+def test_a_fitted_batch_spends_its_explore_share_on_spread_mixtures(
+    cls: type[OfflineMixer[Any]],
+) -> None:
+    space = generic_space()
+    history = quadratic_history(space, 64, 3)
+    existing = weights([*history])
+    everything = mixer(cls, explore=1.0).propose(space, history, 6, np.random.default_rng(4))
+    # Exploration draws first from the call's generator: with a share of 1 it is the batch.
+    expected = explore_rows(space, existing, 6, np.random.default_rng(4))
+    np.testing.assert_allclose(weights(everything), expected)
+    # A quarter (rounded up) of 6 is 2: the batch's last two rows are the spread ones.
+    mixed = weights(mixer(cls).propose(space, history, 6, np.random.default_rng(4)))
+    np.testing.assert_allclose(
+        mixed[4:], explore_rows(space, existing, 2, np.random.default_rng(4))
+    )
+    none = weights(mixer(cls, explore=0.0).propose(space, history, 6, np.random.default_rng(4)))
+    focus = ((none - quadratic_target(space)) ** 2).sum(axis=1)
+    spread = ((mixed[4:] - quadratic_target(space)) ** 2).sum(axis=1)
+    assert spread.min() > np.median(focus)  # the optimised rows go where the model points
+    for bad in (-0.1, 1.5):
+        with pytest.raises(InvalidInput) as exc:
+            cls.parse_config({"explore": bad})
+        assert [e.loc[:2] for e in exc.value.errors] == [("config", "explore")]
+
+
 # --- bayes --------------------------------------------------------------------------------------
 
 
@@ -299,7 +351,7 @@ def test_sequential_method_closes_most_of_the_gap_on_one_instance(name: str) -> 
 
 
 @pytest.mark.slow
-def test_sequential_methods_close_90_percent_of_the_gap() -> None:
+def test_sequential_methods_close_95_percent_of_the_gap() -> None:
     ks, seeds = (5, 10, 17), (0, 1, 2)
     methods = [("regmix", "lightgbm"), ("rounds", "gp"), ("bayes", "gp")]
     table = {
@@ -310,7 +362,7 @@ def test_sequential_methods_close_90_percent_of_the_gap() -> None:
         per_k = ", ".join(f"K={k}: {v:.3f}" for k, v in zip(ks, values.mean(axis=1), strict=True))
         print(f"{name} + {model}: {per_k}, mean {values.mean():.3f}")
     means = {method: float(values.mean()) for method, values in table.items()}
-    assert max(means[("rounds", "gp")], means[("bayes", "gp")]) >= 0.9, means
+    assert max(means[("rounds", "gp")], means[("bayes", "gp")]) >= 0.95, means
     # Both beat the one-shot design, on average and for every K.
     for method in [("rounds", "gp"), ("bayes", "gp")]:
         assert means[method] > means[("regmix", "lightgbm")] + 0.2, means

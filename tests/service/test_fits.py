@@ -123,6 +123,20 @@ def test_linear_fit_on_regmix_reports_cv_and_predicts_held_out_runs(
     assert recommended["fit_id"] == report["id"] and recommended["model"] == "linear"
     assert sum(recommended["weights"].values()) == pytest.approx(1.0, abs=1e-6)
     assert recommended["predicted"]["value"] <= recommended["baseline"]["predicted"]["value"]
+    # The best of the 512 runs is reported beside the searched mixture, with the reason.
+    best_id, best_loss = min(
+        ((o["run_id"], o["actual"]) for o in report["oof"]), key=lambda pair: pair[1]
+    )
+    contest = recommended["best_run"]
+    assert contest["run_id"] == best_id and contest["observed"] == pytest.approx(best_loss)
+    assert (
+        contest["predicted"]["low"] <= contest["predicted"]["value"] <= contest["predicted"]["high"]
+    )
+    # regmix's runs are a one-shot design: its best run is reported but does not compete.
+    assert recommended["chosen"] == "search"
+    assert (
+        recommended["reason"].startswith("search: ") and "does not compete" in recommended["reason"]
+    )
 
     listed = client.get(f"{API}/experiments/{regmix_experiment}/fits").json()["items"]
     assert [f["id"] for f in listed] == [report["id"]]

@@ -18,6 +18,11 @@ def score(weights: dict[str, float]) -> float:
     return 1.0 - sum((weights[d] - t) ** 2 for d, t in TARGET.items())
 
 
+def best_weights(client: TestClient, eid: str, run_id: str) -> dict[str, float]:
+    run: dict[str, Any] = client.get(f"{API}/runs/{run_id}").json()
+    return dict(run["weights"])
+
+
 def create(client: TestClient, method: str, **config: Any) -> dict[str, Any]:
     response = client.post(
         f"{API}/experiments",
@@ -60,6 +65,30 @@ def test_sequential_method_follows_the_objective_and_learns_from_the_runs(
     mean_first = sum(score(r["weights"]) for r in first) / len(first)
     mean_second = sum(score(r["weights"]) for r in batch) / len(batch)
     assert mean_second > mean_first
+
+    # Fitted, the best run (largest accuracy) competes with the searched mixture, and the
+    # recommendation says which won and why.
+    for i, run in enumerate(batch):
+        client.post(
+            f"{API}/experiments/{eid}/runs",
+            json={
+                "weights": run["weights"],
+                "metrics": {"accuracy": score(run["weights"])},
+                "external_id": f"second-{i}",
+            },
+        ).raise_for_status()
+    fit = client.post(f"{API}/experiments/{eid}/fit", json={"model": "gp"})
+    assert fit.status_code == 200, fit.text
+    best = max(fit.json()["oof"], key=lambda o: o["actual"])
+    rec = client.get(f"{API}/experiments/{eid}/recommendation").json()
+    assert rec["best_run"]["run_id"] == best["run_id"]
+    assert rec["best_run"]["observed"] == pytest.approx(best["actual"])
+    assert rec["chosen"] in ("search", "best_run")
+    assert rec["reason"].startswith("best run: " if rec["chosen"] == "best_run" else "search: ")
+    assert "does not compete" not in rec["reason"]
+    if rec["chosen"] == "best_run":
+        assert rec["weights"] == pytest.approx(rec["best_run"]["weights"])
+    assert score(rec["weights"]) >= score(best_weights(client, eid, best["run_id"])) - 0.05
 
 
 def test_a_config_direction_against_the_objective_is_422(client: TestClient) -> None:

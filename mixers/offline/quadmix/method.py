@@ -152,9 +152,16 @@ class QuadMixMixer(OfflineMixer[QuadMixConfig]):
         ]
         return joint_features(space, weights, parsed)
 
-    def recommend(self, space: DomainSpace, fit: Fit, rng: np.random.Generator) -> Recommendation:
+    def recommend(
+        self,
+        space: DomainSpace,
+        fit: Fit,
+        rng: np.random.Generator,
+        history: Sequence[Observation] = (),
+    ) -> Recommendation:
         """QuaDMix's search over weights and sampling parameters together. No baseline (the
-        paper has no neutral parameter set to compare with), no alternatives."""
+        paper has no neutral parameter set to compare with), no alternatives, and no contest
+        with the best run (``history`` is not used)."""
         started = time.perf_counter()
         joint = recommend_joint(
             space,

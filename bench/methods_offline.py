@@ -109,7 +109,7 @@ def simulated_rows(
                     rng,
                     max_seconds=SEARCH_SECONDS,
                     runs=fitted,
-                    contest=mixer.best_run_competes,
+                    contest=mixer.best_run_competes(n),
                 )
                 searched_w = (
                     rec.alternatives[0].weights if rec.chosen == "best_run" else rec.weights

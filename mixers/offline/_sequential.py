@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import Field
@@ -92,9 +92,8 @@ DirectedT = TypeVar("DirectedT", bound=DirectedConfig)
 
 class SequentialMixer(OfflineMixer[DirectedT]):
     """An offline method that fits its history: it optimises in the objective's direction,
-    and its best run, found by that search, competes with the fit's searched mixture."""
-
-    best_run_competes: ClassVar[bool] = True
+    and once past its initial design its best run, found by that search, competes with the
+    fit's searched mixture (``best_run_competes``)."""
 
     def complete_config(self, setup: ExperimentSetup) -> DirectedT:
         """``direction`` taken from the objective, or checked against it when given."""

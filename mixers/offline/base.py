@@ -36,11 +36,15 @@ __all__ = ["OfflineMixer"]
 
 class OfflineMixer(Mixer[ConfigT]):
     mode: ClassVar[Mode] = "offline"
-    best_run_competes: ClassVar[bool] = False
-    """Whether the best fitted run may win the recommendation over the searched mixture
-    (``recommend``'s ``contest``): for methods that search around an optimum, whose best run is
-    a find. On the simulators of ``bench/methods.py`` the contest added 0.03-0.08 of the gap
-    closed to ``rounds`` and ``bayes``, and cost ``regmix``'s one-shot design 0.04-0.07."""
+
+    def best_run_competes(self, runs: int) -> bool:
+        """Whether the best of ``runs`` fitted runs may win the recommendation over the searched
+        mixture (``recommend``'s ``contest``): only once the method has searched around an
+        optimum, so that its best run is a find rather than one lucky draw of a spread design.
+        On the simulators of ``bench/methods.py`` the contest added 0.03-0.08 of the gap closed
+        to ``rounds`` and ``bayes`` and cost ``regmix``'s one-shot design 0.04-0.07. By default
+        (a design method): never."""
+        return False
 
     @abstractmethod
     def propose(
@@ -120,7 +124,7 @@ class OfflineMixer(Mixer[ConfigT]):
             rng,
             max_seconds=SEARCH_SECONDS,
             runs=runs,
-            contest=self.best_run_competes,
+            contest=runs is not None and self.best_run_competes(len(runs.y)),
         )
 
     def predict(self, fit: Fit, features: FloatArray) -> list[Prediction]:
@@ -153,5 +157,5 @@ class OfflineMixer(Mixer[ConfigT]):
             direction=direction,
             seed=self.config.seed or 0,
             terms=usable.terms,
-            contest=self.best_run_competes,
+            contest=self.best_run_competes(len(usable.y)),
         )

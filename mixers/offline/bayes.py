@@ -165,6 +165,10 @@ class BayesMixer(SequentialMixer[BayesConfig]):
         "penalisation (ADMIRE-BayesOpt-style, single fidelity)."
     )
 
+    def best_run_competes(self, runs: int) -> bool:
+        """Once the runs go past the first design: then the best run is a find."""
+        return runs > self.config.initial_runs
+
     def propose(
         self,
         space: DomainSpace,

@@ -169,6 +169,10 @@ class RoundsMixer(SequentialMixer[RoundsConfig]):
         "that shrinks round by round."
     )
 
+    def best_run_competes(self, runs: int) -> bool:
+        """Once the runs go past the first design: then the best run is a find."""
+        return runs > self.config.rounds[0]
+
     def propose(
         self,
         space: DomainSpace,

@@ -365,7 +365,7 @@ def run_method(
         np.random.default_rng([seed, len(y)]),
         candidates=candidates,
         runs=runs,
-        contest=mixer.best_run_competes,
+        contest=mixer.best_run_competes(len(y)),
     )
     best = rec.weights
     return Outcome(

@@ -153,10 +153,17 @@ def test_without_a_contest_the_best_run_is_reported_but_cannot_win() -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "competes"), [("regmix", False), ("rounds", True), ("bayes", True)]
+    ("method", "config", "competes"),
+    [
+        ("regmix", {}, False),
+        ("rounds", {"rounds": [16, 8]}, True),  # 24 runs: 8 searched after the design
+        ("rounds", {"rounds": [24, 8]}, False),  # 24 runs: all of them the first design
+        ("bayes", {"initial_runs": 16}, True),
+        ("bayes", {"initial_runs": 24}, False),
+    ],
 )
-def test_methods_that_search_around_an_optimum_let_their_best_run_compete(
-    method: str, competes: bool
+def test_the_best_run_competes_once_a_method_has_searched_past_its_design(
+    method: str, config: dict[str, Any], competes: bool
 ) -> None:
     # A flat model: where the contest is on, the best run wins it.
     space, runs, fit = runs_and_fit(MeanOnly([2.0, 2.0, 2.0, 2.0]))
@@ -164,8 +171,9 @@ def test_methods_that_search_around_an_optimum_let_their_best_run_compete(
         Observation(weights=w, objective=float(v), run_id=run_id)
         for w, v, run_id in zip(runs.X, runs.y, runs.run_ids, strict=True)
     ]
-    mixer = offline_method(method).from_config({})
-    assert mixer.best_run_competes is competes
+    mixer = offline_method(method).from_config(config)
+    assert mixer.best_run_competes(len(history)) is competes
     rec = mixer.recommend(space, fit, np.random.default_rng(1), history)
     assert rec.best_run is not None
     assert rec.chosen == ("best_run" if competes else "search")
+    assert rec.reason is not None and ("does not compete" in rec.reason) is not competes

@@ -623,6 +623,30 @@ def test_fit_and_recommend_print_tables(scripted: list[httpx.Request]) -> None:
     assert json.loads(fitted_json.stdout)["cv"]["spearman"] == 0.97
 
 
+def test_recommend_says_whether_the_best_run_or_the_search_won_and_why(
+    scripted: list[httpx.Request], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contest = {
+        "weights": {"web": 0.55, "code": 0.45},
+        "chosen": "best_run",
+        "best_run": {
+            "run_id": "17", "weights": {"web": 0.55, "code": 0.45}, "observed": 3.041,
+            "predicted": {"value": 3.06, "low": 3.02, "high": 3.10},
+        },
+        "alternatives": [{"weights": {"web": 0.6, "code": 0.4}, "predicted": PREDICTED}],
+        "reason": "best run: the model predicts the searched mixture 0.01 better than run 17",
+    }  # fmt: skip
+    for key, value in contest.items():
+        monkeypatch.setitem(RECOMMENDATION, key, value)
+    shown = CliRunner().invoke(app, ["recommend", "1"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "best observed run 17: reported 3.041, predicted 3.0600 [3.0200, 3.1000]" in (
+        shown.stdout
+    )
+    assert "recommended: the best run (best run: the model predicts" in shown.stdout
+    assert "alt 1: the searched mixture, predicted 3.0500" in shown.stdout
+
+
 def test_fit_shows_the_tied_candidates_and_each_metric_of_a_per_metric_fit(
     scripted: list[httpx.Request], monkeypatch: pytest.MonkeyPatch
 ) -> None:

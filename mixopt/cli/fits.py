@@ -336,12 +336,23 @@ def recommend(
         out.print(f"baseline (the prior mixture): {_interval(rec.baseline.predicted)}")
     if rec.p_better_than_baseline is not None:
         out.print(f"probability better than the baseline: {rec.p_better_than_baseline:.2f}")
+    if rec.best_run is not None:
+        out.print(
+            f"best observed run {rec.best_run.run_id}: reported {rec.best_run.observed:.4g}, "
+            f"predicted {_interval(rec.best_run.predicted)}"
+        )
+    if rec.reason:
+        won = "the best run" if rec.chosen == "best_run" else "the searched mixture"
+        out.print(f"recommended: {won} ({rec.reason})")
     if rec.alternatives:
         out.print(f"{len(rec.alternatives)} alternative mixtures within the noise of the best:")
         for number, alternative in enumerate(rec.alternatives, 1):
             in_table = number <= len(shown) and f"alt {number}" not in hidden
             column = f" (column alt {number})" if in_table else ""
-            out.print(f"  alt {number}: predicted {_interval(alternative.predicted)}{column}")
+            searched = " the searched mixture," if number == 1 and rec.chosen == "best_run" else ""
+            out.print(
+                f"  alt {number}:{searched} predicted {_interval(alternative.predicted)}{column}"
+            )
         if len(rec.alternatives) > len(shown) or hidden:
             out.print("  (every alternative's weights: mixopt recommend --json)")
 

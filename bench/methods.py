@@ -28,7 +28,12 @@ from bench.methods_online import run_section as online_section
 from bench.methods_permetric import run_section as per_metric_section
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], object]] = {
-    "per-metric": lambda args: per_metric_section(seed=args.seed),
+    "per-metric": lambda args: per_metric_section(
+        seed=args.seed,
+        experiment=None
+        if args.per_metric_experiment is None
+        else tuple(args.per_metric_experiment),
+    ),
     "offline": lambda args: offline_section(
         models=args.offline_models,
         laws=args.offline_laws,
@@ -51,6 +56,14 @@ def main(argv: list[str] | None = None) -> None:
         help="sections to run (default: all)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds and the fits")
+    per_metric = parser.add_argument_group("per-metric section")
+    per_metric.add_argument(
+        "--per-metric-experiment",
+        nargs=2,
+        metavar=("DATABASE_URL", "ID"),
+        default=None,
+        help="also a mixopt experiment's runs (e.g. the demo's: sqlite:///W/mixopt.db 1)",
+    )
     offline = parser.add_argument_group("offline section")
     offline.add_argument("--offline-models", nargs="+", default=["auto"], help="models fitted")
     offline.add_argument(

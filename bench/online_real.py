@@ -13,6 +13,7 @@ papers do. Prints one row per seed and the mean gain over stratified.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -55,7 +56,24 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=["curves"])
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--config",
+        type=json.loads,
+        default={},
+        help="JSON object merged into every method's config, e.g. '{\"max_shift\": 0.1}'",
+    )
+    parser.add_argument(
+        "--stratified",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="LOSS",
+        help="stratified's objective per seed from an earlier run (it is deterministic by "
+        "seed): not trained again",
+    )
     args = parser.parse_args()
+    if args.stratified is not None and len(args.stratified) != len(args.seeds):
+        parser.error("--stratified needs one value per seed")
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mixopt-online-real-"))
     corpus_dir = workdir / "corpus"
@@ -70,11 +88,15 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores; preset {args.preset}")
     scores: dict[str, list[float]] = {m: [] for m in ["stratified", *args.methods]}
     try:
-        for seed in args.seeds:
+        for s, seed in enumerate(args.seeds):
             proxy = preset(args.preset).with_train(seed=seed, threads=os.cpu_count())
             steps = proxy.train.steps
             row = []
             for method in scores:
+                if method == "stratified" and args.stratified is not None:
+                    scores[method].append(args.stratified[s])
+                    row.append(f"stratified {args.stratified[s]:.4f} (given)")
+                    continue
                 experiment = client.create_experiment(
                     schemas.ExperimentCreate.model_validate(
                         {
@@ -83,7 +105,11 @@ def main() -> None:
                             "method": method,
                             "domains": [{"name": d, "tokens": tokens[d]} for d in tokens],
                             "objective": objective,
-                            "config": {"seed": seed, **method_config(method, real, steps)},
+                            "config": {
+                                "seed": seed,
+                                **method_config(method, real, steps),
+                                **(args.config if method != "stratified" else {}),
+                            },
                         }
                     )
                 )

@@ -35,7 +35,7 @@ run's length, for a fresh run.
 Config (defaults): ``segment_steps`` 100, ``signal`` "eval", ``target`` null (every domain
 equally), ``total_steps`` null, ``base`` "uniform", ``warmup_rounds`` 3, ``max_shift`` 0.2,
 ``floor`` 0.01, ``explore`` 0.3, ``forgetting`` true, ``transfer_prior`` 0.03 (each transfer
-coefficient towards its domain's shared level), ``shared_transfer_prior`` 0.01 (the shared
+coefficient towards its domain's shared level), ``shared_transfer_prior`` 0.1 (the shared
 level towards 0; null: no shared level, every coefficient towards 0 by ``transfer_prior``).
 """
 
@@ -137,7 +137,7 @@ class CurvesConfig(OnlineConfig):
         "again while its domain is starved, as small models' do) and plan with it",
     )
     shared_transfer_prior: float | None = Field(
-        default=0.01,
+        default=0.1,
         ge=0,
         allow_inf_nan=False,
         description="strength of the pull of each domain's shared transfer level (learning from "

@@ -18,6 +18,19 @@ def score(weights: dict[str, float]) -> float:
     return 1.0 - sum((weights[d] - t) ** 2 for d, t in TARGET.items())
 
 
+def report(client: TestClient, eid: str, proposals: list[dict[str, Any]], prefix: str) -> None:
+    """Import each proposed mixture as a finished run with its score."""
+    for i, run in enumerate(proposals):
+        client.post(
+            f"{API}/experiments/{eid}/runs",
+            json={
+                "weights": run["weights"],
+                "metrics": {"accuracy": score(run["weights"])},
+                "external_id": f"{prefix}-{i}",
+            },
+        ).raise_for_status()
+
+
 def best_weights(client: TestClient, eid: str, run_id: str) -> dict[str, float]:
     run: dict[str, Any] = client.get(f"{API}/runs/{run_id}").json()
     return dict(run["weights"])
@@ -48,15 +61,7 @@ def test_sequential_method_follows_the_objective_and_learns_from_the_runs(
     assert experiment["config"]["direction"] == "maximize"  # taken from the objective
     eid = experiment["id"]
     first = client.post(f"{API}/experiments/{eid}/proposals", json={"count": 16}).json()["items"]
-    for i, run in enumerate(first):
-        client.post(
-            f"{API}/experiments/{eid}/runs",
-            json={
-                "weights": run["weights"],
-                "metrics": {"accuracy": score(run["weights"])},
-                "external_id": f"done-{i}",
-            },
-        ).raise_for_status()
+    report(client, eid, first, "done")
     second = client.post(f"{API}/experiments/{eid}/proposals", json={"count": 16})
     assert second.status_code == 201, second.text
     batch = second.json()["items"]
@@ -68,15 +73,7 @@ def test_sequential_method_follows_the_objective_and_learns_from_the_runs(
 
     # Fitted, the best run (largest accuracy) competes with the searched mixture, and the
     # recommendation says which won and why.
-    for i, run in enumerate(batch):
-        client.post(
-            f"{API}/experiments/{eid}/runs",
-            json={
-                "weights": run["weights"],
-                "metrics": {"accuracy": score(run["weights"])},
-                "external_id": f"second-{i}",
-            },
-        ).raise_for_status()
+    report(client, eid, batch, "second")
     fit = client.post(f"{API}/experiments/{eid}/fit", json={"model": "gp"})
     assert fit.status_code == 200, fit.text
     best = max(fit.json()["oof"], key=lambda o: o["actual"])

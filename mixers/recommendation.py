@@ -124,7 +124,7 @@ class Recommendation:
     baseline). ``p_better_than_baseline``: the chance that one run on ``weights`` beats one on
     the baseline. ``alternatives``: distinct mixtures predicted within the noise of the best.
     ``chosen``: whether ``weights`` is the searched mixture or the ``best_run``'s, which
-    competed with it (``None`` where no run competed); ``reason`` says why it won.
+    competed with it (``search`` where no run could); ``reason`` says why it won.
     """
 
     weights: FloatArray

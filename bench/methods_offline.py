@@ -111,9 +111,7 @@ def simulated_rows(
                     runs=fitted,
                     contest=mixer.best_run_competes(n),
                 )
-                searched_w = (
-                    rec.alternatives[0].weights if rec.chosen == "best_run" else rec.weights
-                )
+                searched_w = rec.weights if rec.searched is None else rec.searched.weights
                 results.setdefault((method, model, n), []).append(
                     (
                         sim.gap_closure(rec.weights),

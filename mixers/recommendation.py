@@ -125,6 +125,8 @@ class Recommendation:
     the baseline. ``alternatives``: distinct mixtures predicted within the noise of the best.
     ``chosen``: whether ``weights`` is the searched mixture or the ``best_run``'s, which
     competed with it (``search`` where no run could); ``reason`` says why it won.
+    ``searched``: the searched mixture and its prediction when the best run won (it is also the
+    first alternative unless within ``DISTINCT_L1`` of the run's); ``None`` when it is ``weights``.
     """
 
     weights: FloatArray
@@ -139,6 +141,7 @@ class Recommendation:
     chosen: Literal["search", "best_run"] = "search"
     best_run: BestRun | None = None
     reason: str | None = None
+    searched: Scored | None = None
 
 
 def _trust_space(space: DomainSpace, result: Fit) -> DomainSpace | None:
@@ -281,10 +284,11 @@ def recommend(
     than 0.05 (L1) from the recommendation and from each other, best first.
 
     ``runs``: the fitted runs; the best of them competes with the searched mixture
-    (``_compete``), and when it wins it is the recommendation, with the searched mixture first
-    among the alternatives. ``chosen``, ``best_run`` and ``reason`` report the contest. With
-    ``contest`` false the best run is reported but cannot win (a method whose runs are a
-    space-filling design: its best run is one lucky draw, not a found optimum).
+    (``_compete``), and when it wins it is the recommendation, with the searched mixture in
+    ``searched`` and first among the alternatives (when more than ``DISTINCT_L1`` from it).
+    ``chosen``, ``best_run`` and ``reason`` report the contest. With ``contest`` false the best
+    run is reported but cannot win (a method whose runs are a space-filling design: its best run
+    is one lucky draw, not a found optimum).
 
     ``max_seconds`` sizes the search to a time budget: ``candidates`` is cut to
     ``search_candidates(result, max_seconds)``, the count the fit's model gets through in that
@@ -339,8 +343,7 @@ def recommend(
     best_value, base_value = float(values[0]), float(values[1])
 
     chosen: Literal["search", "best_run"] = "search"
-    best_run, reason = None, None
-    searched = best
+    best_run, reason, searched = None, None, None
     if runs is not None and len(runs.y):
         best_run, won, why = _compete(space, result, runs, best, best_value, sign)
         if best_run is None:
@@ -352,6 +355,7 @@ def recommend(
             )
         elif won:
             chosen, reason = "best_run", f"best run: {why}"
+            searched = Scored(best, {}, Prediction.of(result, best_value))
             best, best_value = best_run.weights, best_run.predicted.value
         else:
             reason = f"search: {why}"
@@ -365,8 +369,8 @@ def recommend(
 
     alternatives: list[Scored] = []
     picked = [best]
-    if chosen == "best_run" and np.abs(searched - best).sum() > DISTINCT_L1:
-        picked.append(searched)
+    if searched is not None and np.abs(searched.weights - best).sum() > DISTINCT_L1:
+        picked.append(searched.weights)
     if np.isfinite(pool_s[0]):
         near_w = np.vstack([pool_w, spread_w])
         near_s = np.concatenate([pool_s, spread_s])
@@ -406,4 +410,5 @@ def recommend(
         chosen=chosen,
         best_run=best_run,
         reason=reason,
+        searched=searched,
     )

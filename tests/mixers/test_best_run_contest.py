@@ -82,6 +82,7 @@ def test_the_searched_mixture_wins_when_the_model_predicts_it_better() -> None:
     assert rec.predicted.value < rec.best_run.predicted.value
     assert rec.reason is not None and rec.reason.startswith("search: ")
     assert f"run-{best}" in rec.reason
+    assert rec.searched is None  # the recommendation is the searched mixture
 
 
 def test_the_best_run_wins_when_the_model_sees_no_gain_over_it() -> None:
@@ -98,6 +99,9 @@ def test_the_best_run_wins_when_the_model_sees_no_gain_over_it() -> None:
     assert rec.reason is not None and rec.reason.startswith("best run: ")
     # The searched mixture stays on offer, first among the alternatives.
     assert rec.alternatives and np.abs(rec.alternatives[0].weights - rec.weights).sum() > 0.05
+    assert rec.searched is not None
+    np.testing.assert_allclose(rec.alternatives[0].weights, rec.searched.weights)
+    assert rec.searched.predicted.value == pytest.approx(rec.alternatives[0].predicted.value)
 
 
 def test_extra_predictive_std_counts_against_the_searched_mixture() -> None:
